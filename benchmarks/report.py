@@ -1,0 +1,65 @@
+"""Shared by the benchmarks: robust statistics and writing one section of docs/performance.md.
+
+Each benchmark owns the text between ``<!-- BEGIN name -->`` and ``<!-- END name -->`` so the
+benchmarks can be rerun one at a time without clobbering each other's results.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+DOC = ROOT / "docs" / "performance.md"
+IMG = ROOT / "docs" / "img"
+RESULTS = ROOT / "benchmarks" / "results"
+
+
+def median_rate(fn: Callable[[], int], repeats: int = 5, min_seconds: float = 0.3) -> float:
+    """Median items/s over ``repeats`` runs of ``fn`` (which returns how many items it did)."""
+    rates = []
+    for _ in range(repeats):
+        n, t0 = 0, time.perf_counter()
+        while True:
+            n += fn()
+            dt = time.perf_counter() - t0
+            if dt >= min_seconds:
+                break
+        rates.append(n / dt)
+    return statistics.median(rates)
+
+
+def machine() -> str:
+    return f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+
+
+def table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    def cell(v: Any) -> str:
+        return f"{v:,.3g}" if isinstance(v, float) and abs(v) < 100 else (
+            f"{v:,.0f}" if isinstance(v, float) else str(v))
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(cell(v) for v in r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def write_section(name: str, markdown: str, data: Any = None) -> None:
+    """Replace (or append) this benchmark's section in docs/performance.md."""
+    begin, end = f"<!-- BEGIN {name} -->", f"<!-- END {name} -->"
+    body = f"{begin}\n{markdown.strip()}\n\n_Measured {time.strftime('%Y-%m-%d')} on {machine()}._\n{end}"
+    text = DOC.read_text() if DOC.exists() else "# Performance\n"
+    if begin in text and end in text:
+        head, rest = text.split(begin, 1)
+        text = head + body + rest.split(end, 1)[1]
+    else:
+        text = text.rstrip() + "\n\n" + body + "\n"
+    DOC.parent.mkdir(parents=True, exist_ok=True)
+    DOC.write_text(text)
+    if data is not None:
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        (RESULTS / f"{name}.json").write_text(json.dumps(data, indent=2, default=str))
