@@ -51,7 +51,8 @@ def table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 def write_section(name: str, markdown: str, data: Any = None) -> None:
     """Replace (or append) this benchmark's section in docs/performance.md."""
     begin, end = f"<!-- BEGIN {name} -->", f"<!-- END {name} -->"
-    body = f"{begin}\n{markdown.strip()}\n\n_Measured {time.strftime('%Y-%m-%d')} on {machine()}._\n{end}"
+    stamp = f"_Measured {time.strftime('%Y-%m-%d')} on {machine()}._"
+    body = f"{begin}\n{markdown.strip()}\n\n{stamp}\n{end}"
     text = DOC.read_text() if DOC.exists() else "# Performance\n"
     if begin in text and end in text:
         head, rest = text.split(begin, 1)
