@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import json
 import struct
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, cast
 
 import numpy as np
+from confluent_kafka import Producer
 
 from .frame import (
     SUPPORTED_DTYPES,
@@ -30,7 +31,9 @@ HEADER_PREFIX = "pf."
 _KEY = struct.Struct(">Q")
 _DTYPES = {dt.str.lstrip("<>|="): dt for dt in SUPPORTED_DTYPES}
 
-Headers = list[tuple[str, bytes]]
+# confluent-kafka types header values as str | bytes | None, in a list or a dict.
+Headers = list[tuple[str, str | bytes | None]]
+RecordHeaders = Headers | dict[str, str | bytes | None] | None
 
 
 class FrameError(ValueError):
@@ -108,10 +111,10 @@ def encode(
 def decode(
     key: bytes | None,
     value: bytes | bytearray | memoryview | None,
-    headers: Sequence[tuple[str, bytes | None]] | None,
+    headers: RecordHeaders,
 ) -> Frame:
     """Frame from a record; the array is a read-only numpy view over ``value``."""
-    h = {k: v for k, v in headers or () if k.startswith(HEADER_PREFIX) and v is not None}
+    h = {k: _bytes(v) for k, v in _items(headers) if k.startswith(HEADER_PREFIX) and v is not None}
     version = h.get("pf.v")
     if version is None:
         raise FrameError("not a pvaflow frame: header pf.v is missing")
@@ -156,12 +159,47 @@ def decode(
     )
 
 
-def header(headers: Sequence[tuple[str, bytes | None]] | None, name: str) -> bytes | None:
+def header(headers: RecordHeaders, name: str) -> bytes | None:
     """One header's value without decoding the frame (routing and reorder need only the id)."""
-    for k, v in headers or ():
+    for k, v in _items(headers):
         if k == name:
-            return v
+            return None if v is None else _bytes(v)
     return None
+
+
+def produce(
+    producer: Producer,
+    topic: str,
+    frame: Frame,
+    *,
+    partition: int | None = None,
+    sequence: int | None = None,
+    extra_headers: Headers | None = None,
+    on_delivery: Callable[..., Any] | None = None,
+) -> int:
+    """``producer.produce`` of one frame; returns the value size. Raises BufferError when the
+    producer's bounded buffer is full, so the caller decides whether to wait or drop."""
+    key, value, headers = encode(frame, sequence=sequence)
+    if extra_headers:
+        headers += extra_headers
+    kwargs: dict[str, Any] = {"key": key, "headers": headers}
+    if partition is not None:
+        kwargs["partition"] = partition
+    if on_delivery is not None:
+        kwargs["on_delivery"] = on_delivery
+    # confluent-kafka's stubs say bytes, but it reads any C-contiguous buffer without a copy.
+    producer.produce(topic, cast(bytes, value), **kwargs)
+    return int(value.nbytes)
+
+
+def _items(headers: RecordHeaders) -> Iterable[tuple[str, str | bytes | None]]:
+    if headers is None:
+        return ()
+    return headers.items() if isinstance(headers, dict) else headers
+
+
+def _bytes(v: str | bytes) -> bytes:
+    return v.encode() if isinstance(v, str) else v
 
 
 # -- attributes: compact JSON, one list per attribute, trailing defaults dropped ------------
