@@ -9,6 +9,7 @@ only copy on the consume side is the one the Kafka client makes when it hands ou
 from __future__ import annotations
 
 import json
+import math
 import struct
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, cast
@@ -131,13 +132,13 @@ def decode(
         raise FrameError(f"unknown dtype {dname!r} (expected one of {_supported()})")
     shape = _shape(h)
     usize = _int(h, "pf.usize")
-    expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    expected = math.prod(shape) * dtype.itemsize  # Python ints: a corrupt shape cannot wrap
     if usize != expected:
         raise FrameError(f"uncompressed size {usize} does not match shape {shape} of {dtype}")
     codec_name = h.get("pf.codec")
     codec = None
     if codec_name:
-        codec = Codec(codec_name.decode(), dtype, shape, usize)
+        codec = Codec(_utf8(h, "pf.codec"), dtype, shape, usize)
         array = np.frombuffer(value, dtype=np.uint8)
     else:
         if len(value) != expected:
@@ -153,8 +154,8 @@ def decode(
         attributes=decode_attributes(h["pf.attrs"]) if "pf.attrs" in h else [],
         codec=codec,
         dimensions=_dims(h, shape),
-        descriptor=h.get("pf.desc", b"").decode(),
-        source=h.get("pf.src", b"").decode(),
+        descriptor=_utf8(h, "pf.desc"),
+        source=_utf8(h, "pf.src"),
         sequence=_int(h, "pf.seq") if "pf.seq" in h else -1,
     )
 
@@ -233,7 +234,7 @@ def decode_attributes(raw: bytes) -> list[Attribute]:
                 alarm=Alarm(*alarm),
             ))
         return out
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, OverflowError) as exc:
         raise FrameError(f"malformed attribute header: {exc}") from exc
 
 
@@ -271,6 +272,13 @@ def _text(h: dict[str, bytes], name: str) -> str:
     return raw.decode(errors="replace")
 
 
+def _utf8(h: dict[str, bytes], name: str) -> str:
+    try:
+        return h.get(name, b"").decode()
+    except UnicodeDecodeError as exc:
+        raise FrameError(f"header {name} is not valid UTF-8: {exc}") from exc
+
+
 def _shape(h: dict[str, bytes]) -> tuple[int, ...]:
     raw = _text(h, "pf.shape")
     try:
@@ -293,7 +301,7 @@ def _dims(h: dict[str, bytes], shape: tuple[int, ...]) -> tuple[Dimension, ...] 
     try:
         dims = tuple(Dimension(int(s), int(o), int(f), int(b), bool(r))
                      for s, o, f, b, r in json.loads(raw))
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, OverflowError) as exc:
         raise FrameError(f"malformed dimension header: {exc}") from exc
     if tuple(d.size for d in reversed(dims)) != shape:
         raise FrameError(f"dimension sizes {[d.size for d in dims]} do not match shape {shape}")
