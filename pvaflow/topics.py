@@ -31,7 +31,9 @@ def ensure_topic(
     depends on the count, and silently reusing a different one would misroute frames.
     """
     admin = admin or AdminClient(admin_config(bootstrap, overrides))
-    meta = admin.list_topics(name, timeout=15)
+    # Ask for all topics: a metadata request naming a missing topic lets a broker with
+    # auto.create.topics.enable (the default) create it with its default partition count.
+    meta = admin.list_topics(timeout=15)
     existing = meta.topics.get(name)
     if existing is not None and existing.error is None:
         count = len(existing.partitions)
