@@ -1,0 +1,199 @@
+"""PvaPy-style PVA channels of one consumer: output image, status and control.
+
+They behave as ``pvapy-hpc-consumer``'s do, so the seed's ``pvget``/``pvput`` session works
+unchanged: ``*`` in a channel name is the consumer id; the control record takes
+``{"command": ..., "args": "<json>"}`` and its ``statusMessage`` shows the last command's result.
+The server binds where the EPICS environment says (``EPICS_PVAS_INTF_ADDR_LIST`` etc.).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import threading
+import time
+from collections.abc import Mapping
+from concurrent.futures import Future
+from typing import Any
+
+import pvaccess as pva
+
+from pvaflow.codec import FrameError
+from pvaflow.control import COMMANDS
+from pvaflow.frame import Frame
+from pvaflow.ntnda import ntnda_from_frame
+
+from .commands import CommandBus
+
+log = logging.getLogger(__name__)
+
+ID_FIELD = "consumerId"
+CONTROL_TYPE: dict[str, Any] = {
+    ID_FIELD: pva.UINT,
+    "objectTime": pva.DOUBLE,
+    "objectTimestamp": pva.PvTimeStamp(),
+    "command": pva.STRING,
+    "args": pva.STRING,
+    "statusMessage": pva.STRING,
+}
+# Top-level status fields: (status-dict key, PVA field, type).
+STATUS_FIELDS: tuple[tuple[str, str, Any], ...] = (
+    ("received", "nReceived", pva.ULONG),
+    ("processed", "nProcessed", pva.ULONG),
+    ("errors", "nErrors", pva.ULONG),
+    ("dlq", "nDlq", pva.ULONG),
+    ("outputs", "nOutputs", pva.ULONG),
+    ("sequence_gaps", "nMissed", pva.ULONG),
+    ("lag", "lag", pva.LONG),
+    ("first_unique_id", "firstUniqueId", pva.LONG),
+    ("last_unique_id", "lastUniqueId", pva.LONG),
+    ("rate", "processingRate", pva.DOUBLE),
+    ("runtime", "runtime", pva.DOUBLE),
+)
+_DONE_MESSAGES = {
+    "configure": "Configuration successful",
+    "reset_stats": "Stats reset successful",
+    "get_stats": "Stats update successful",
+    "stop": "Stop flag set",
+}
+
+
+def channel_name(pattern: str | None, consumer_id: int) -> str | None:
+    return pattern.replace("*", str(consumer_id)) if pattern else None
+
+
+def _pva_type(value: Any) -> Any:
+    if isinstance(value, bool | int):
+        return pva.LONG
+    if isinstance(value, float):
+        return pva.DOUBLE
+    return pva.STRING
+
+
+class PvaChannels:
+    """Owns one ``PvaServer``; ``publish`` and ``update_status`` run on the runner thread,
+    the control callback on pvapy's thread (it only enqueues onto the :class:`CommandBus`)."""
+
+    def __init__(self, consumer_id: int, bus: CommandBus, *, output: str | None,
+                 status: str | None, control: str | None,
+                 user_stats_types: Mapping[str, Any] | None = None) -> None:
+        self.consumer_id = consumer_id
+        self.output, self.status, self.control = output, status, control
+        self._bus = bus
+        self._lock = threading.Lock()
+        self._server = pva.PvaServer()
+        self._output_ready = False
+        self._user_types = dict(user_stats_types or {})
+        if status:
+            fields: dict[str, Any] = {ID_FIELD: pva.UINT, "objectTime": pva.DOUBLE,
+                                      "objectTimestamp": pva.PvTimeStamp(), "statsJson": pva.STRING}
+            fields.update({name: typ for _, name, typ in STATUS_FIELDS})
+            if self._user_types:
+                fields["userStats"] = self._user_types
+            self._status = pva.PvObject(fields, {ID_FIELD: consumer_id})
+            self._server.addRecord(status, self._status)
+        if control:
+            self._control = pva.PvObject(CONTROL_TYPE, {ID_FIELD: consumer_id})
+            self._server.addRecord(control, self._control, self._on_control)
+        log.info("PVA channels: output=%s status=%s control=%s", output, status, control)
+
+    @classmethod
+    def user_types_from(cls, plugin_stats: Mapping[str, Any],
+                        declared: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """PVA types of the plugin's stats: PvaPy's getStatsPvaTypes, else inferred."""
+        if declared:
+            return dict(declared)
+        return {k: _pva_type(v) for k, v in plugin_stats.items()}
+
+    # -- output ---------------------------------------------------------------------------
+
+    def publish(self, frame: Frame) -> None:
+        if not self.output:
+            return
+        try:
+            nt = ntnda_from_frame(frame)
+        except FrameError as exc:
+            log.warning("cannot publish frame %d on %s: %s", frame.unique_id, self.output, exc)
+            return
+        if not self._output_ready:
+            self._server.addRecord(self.output, nt)
+            self._output_ready = True
+        else:
+            self._server.update(self.output, nt)
+
+    # -- status ---------------------------------------------------------------------------
+
+    def update_status(self, stats: Mapping[str, Any]) -> None:
+        if not self.status:
+            return
+        t = time.time()
+        values: dict[str, Any] = {ID_FIELD: self.consumer_id, "objectTime": t,
+                                  "objectTimestamp": pva.PvTimeStamp(t),
+                                  "statsJson": json.dumps(stats, default=str)}
+        for key, name, typ in STATUS_FIELDS:
+            v = stats.get(key)
+            if v is None:
+                v = -1 if typ == pva.LONG else 0
+            values[name] = float(v) if typ == pva.DOUBLE else int(v)
+        plugin = stats.get("plugin") or {}
+        user = {}
+        for k, typ in self._user_types.items():
+            if k in plugin:
+                v = plugin[k]
+                user[k] = str(v) if typ == pva.STRING else (
+                    float(v) if typ in (pva.DOUBLE, pva.FLOAT) else int(v))
+        if user:
+            values["userStats"] = user
+        with self._lock:
+            try:
+                self._status.set(values)
+            except Exception as exc:
+                log.debug("status channel update failed: %s", exc)
+            self._server.update(self.status, self._status)
+
+    # -- control --------------------------------------------------------------------------
+
+    def _set_control(self, message: str) -> None:
+        t = time.time()
+        with self._lock:
+            self._control.set({"statusMessage": message, "objectTime": t,
+                               "objectTimestamp": pva.PvTimeStamp(t)})
+
+    def _on_control(self, pv: Any) -> None:
+        try:
+            command = pv["command"]
+        except Exception:
+            command = ""
+        if command not in COMMANDS:
+            self._set_control(f"Ignoring invalid request (unrecognized command "
+                              f"specified): {command!r}")
+            return
+        raw = ""
+        with contextlib.suppress(Exception):
+            raw = pv["args"]
+        args: dict[str, Any] = {}
+        if raw:
+            try:
+                parsed = json.loads(raw)
+                args = parsed if isinstance(parsed, dict) else {"args": parsed}
+            except ValueError:
+                args = {"args": raw}
+        log.info("control channel: %s %s", command, args)
+        self._set_control("Command successful")
+        fut = self._bus.submit(command, args)
+        fut.add_done_callback(lambda f: self._finished(command, f))
+
+    def _finished(self, command: str, fut: Future[Any]) -> None:
+        exc = fut.exception()
+        if exc is not None:
+            msg = {"configure": "Configuration failed"}.get(command, f"{command} failed")
+            self._set_control(f"{msg}: {exc}")
+        else:
+            self._set_control(_DONE_MESSAGES[command])
+
+    def stop(self) -> None:
+        try:
+            self._server.stop()
+        except Exception as exc:
+            log.debug("stopping PVA server: %s", exc)

@@ -1,0 +1,55 @@
+"""``--n-consumers N``: N processes with ids consumer-id..consumer-id+N-1 in one group.
+
+Each child is a plain single consumer (its own interpreter, its own GIL), started with the
+same command line; Kafka's group protocol, not this parent, shares the partitions. The parent
+forwards SIGINT/SIGTERM and returns the worst exit code.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import subprocess
+import sys
+from collections.abc import Sequence
+
+log = logging.getLogger(__name__)
+
+_REPLACED = ("--n-consumers", "--consumer-id", "--metrics-port")
+
+
+def child_argv(argv: Sequence[str], consumer_id: int, metrics_port: int | None) -> list[str]:
+    out: list[str] = []
+    skip = False
+    for a in argv:
+        if skip:
+            skip = False
+            continue
+        name = a.split("=", 1)[0]
+        if name in _REPLACED:
+            skip = "=" not in a
+            continue
+        out.append(a)
+    out += ["--n-consumers", "1", "--consumer-id", str(consumer_id)]
+    if metrics_port is not None:
+        out += ["--metrics-port", str(metrics_port)]
+    return out
+
+
+def spawn(argv: Sequence[str], n: int, first_id: int, metrics_port: int | None) -> int:
+    procs = []
+    for i in range(n):
+        port = None if metrics_port is None else (metrics_port + i if metrics_port else 0)
+        cmd = [sys.executable, "-m", "pvaflow.processors.cli",
+               *child_argv(argv, first_id + i, port)]
+        procs.append(subprocess.Popen(cmd))
+        log.info("spawned consumer %d (pid %d)", first_id + i, procs[-1].pid)
+
+    def forward(signum: int, _frame: object) -> None:
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signum)
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, forward)
+    return max(p.wait() for p in procs)
