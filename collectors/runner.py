@@ -1,0 +1,278 @@
+"""The collector: consume processed frames, reorder by uniqueId, emit exactly once.
+
+Every ``commit_interval`` the emitted frames, the reorder state and the input offsets are
+committed in one Kafka transaction (consume-transform-produce). Cached frames are not committed,
+so after a crash they are read again; already emitted ones that come back are recognised as
+replays (below the saved consumed position) and dropped silently.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+
+from pvaflow import codec
+from pvaflow.control import CONTROL_TOPIC, STATUS_TOPIC, ComponentId, ControlAgent
+from pvaflow.metrics import consumer_lag
+from pvaflow.plugin import Processor, outputs
+from pvaflow.settings import consumer_config, producer_config
+from pvaflow.topics import ensure_topic
+
+from .outputs import Output
+from .reorder import Reorderer
+from .state import STATE_TOPIC, TP, OffsetTracker, SavedState, ensure_state_topic, load_state
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class CollectorConfig:
+    input_topics: list[str]
+    group: str = "pvaflow-collector"
+    collector_id: str = "1"
+    bootstrap: str | None = None
+    overrides: list[tuple[str, str]] = field(default_factory=list)
+    output_topic: str | None = None
+    late_topic: str | None = None
+    state_topic: str = STATE_TOPIC
+    cache_size: int = 1000
+    max_delay: float = 5.0
+    commit_interval: float = 0.2
+    report_period: float = 10.0
+    runtime: float = 0.0
+    control_topic: str = CONTROL_TOPIC
+    status_topic: str = STATUS_TOPIC
+
+
+class Collector:
+    def __init__(
+        self,
+        cfg: CollectorConfig,
+        *,
+        plugin: Processor | None = None,
+        sinks: Iterable[Output] = (),
+        control: bool = True,
+    ) -> None:
+        self.cfg = cfg
+        self.plugin = plugin
+        self.sinks = list(sinks)
+        self.component = ComponentId("collector", cfg.group, cfg.collector_id)
+        self._lock = threading.Lock()  # plugin calls: main thread vs control thread
+        self._stop = threading.Event()
+        self.errors = 0
+        self.replayed = 0
+        self.lag = 0
+        self._rate_mark = (time.monotonic(), 0)
+        self._dirty = False
+        for topic in filter(None, (cfg.output_topic, cfg.late_topic)):
+            ensure_topic(topic, 1, bootstrap=cfg.bootstrap, overrides=cfg.overrides,
+                         strict=False)
+        ensure_state_topic(cfg.state_topic, cfg.bootstrap, cfg.overrides)
+        self.producer = Producer(producer_config(
+            cfg.bootstrap, cfg.overrides,
+            **{"transactional.id": f"pvaflow-collector.{cfg.group}.{cfg.collector_id}",
+               "linger.ms": 5, "transaction.timeout.ms": 60_000, "message.timeout.ms": 60_000},
+        ))
+        self.producer.init_transactions(30)  # fences and aborts a crashed predecessor
+        self.saved = load_state(cfg.state_topic, cfg.group, cfg.bootstrap, cfg.overrides)
+        self.reorder: Reorderer[Message] = Reorderer(
+            cfg.cache_size, cfg.max_delay, state=self.saved.reorder)
+        self.tracker = OffsetTracker()
+        conf = consumer_config(
+            cfg.group, cfg.bootstrap, cfg.overrides,
+            **{"group.instance.id": f"collector-{cfg.collector_id}",
+               "isolation.level": "read_committed", "statistics.interval.ms": 1000},
+        )
+        self.consumer = Consumer({**conf, "stats_cb": self._on_stats})
+        self.agent = ControlAgent(
+            self.component, handler=self.handle, stats=self.stats, bootstrap=cfg.bootstrap,
+            overrides=cfg.overrides, control_topic=cfg.control_topic,
+            status_topic=cfg.status_topic, report_period=cfg.report_period,
+        ) if control else None
+        log.info("collector %s resumes after uniqueId %s", self.component,
+                 self.reorder.last_emitted)
+
+    # -- control ---------------------------------------------------------------------------
+
+    def stats(self) -> dict[str, Any]:
+        s = self.reorder.stats
+        now = time.monotonic()
+        t0, n0 = self._rate_mark
+        self._rate_mark = (now, s.emitted)
+        out: dict[str, Any] = {
+            "received": s.received, "emitted": s.emitted, "missed": s.missed, "late": s.late,
+            "duplicates": s.duplicates, "cache_depth": self.reorder.depth,
+            "peak_cache_depth": s.peak_cache_depth,
+            "last_emitted_unique_id": self.reorder.last_emitted,
+            "lag": self.lag, "errors": self.errors, "replayed": self.replayed,
+            "rate": round((s.emitted - n0) / (now - t0), 3) if now > t0 and s.emitted >= n0 else 0,
+        }
+        if self.plugin is not None:
+            out["plugin"] = self.plugin.get_stats()
+        return out
+
+    def handle(self, command: str, args: dict[str, Any]) -> Mapping[str, Any] | None:
+        if command == "configure":
+            if "collector_cache_size" in args:
+                self.reorder.cache_size = max(1, int(args.pop("collector_cache_size")))
+            if "max_delay" in args:
+                self.reorder.max_delay = max(0.0, float(args.pop("max_delay")))
+            if args:
+                if self.plugin is None:
+                    raise ValueError(f"no collector plugin to configure with {sorted(args)}")
+                with self._lock:
+                    self.plugin.configure(args)
+            return {"collector_cache_size": self.reorder.cache_size,
+                    "max_delay": self.reorder.max_delay}
+        if command == "reset_stats":
+            self.reorder.reset_stats()
+            self.errors = self.replayed = 0
+            if self.plugin is not None:
+                with self._lock:
+                    self.plugin.reset_stats()
+            return None
+        if command == "get_stats":
+            return self.stats()
+        if command == "stop":
+            self._stop.set()
+            return None
+        raise ValueError(f"unknown command {command!r}")
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    # -- main loop -------------------------------------------------------------------------
+
+    def run(self) -> int:
+        cfg = self.cfg
+        deadline = time.monotonic() + cfg.runtime if cfg.runtime > 0 else float("inf")
+        if self.plugin is not None:
+            self.plugin.start()
+        self.consumer.subscribe(cfg.input_topics, on_revoke=self._on_revoke)
+        self.producer.begin_transaction()
+        next_commit = time.monotonic() + cfg.commit_interval
+        try:
+            while not self._stop.is_set() and time.monotonic() < deadline:
+                for msg in self.consumer.consume(500, 0.05):
+                    self._on_message(msg)
+                self._emit(self.reorder.release())
+                if time.monotonic() >= next_commit:
+                    self._commit()
+                    next_commit = time.monotonic() + cfg.commit_interval
+            self._commit()
+        finally:
+            self.close()
+        return 0
+
+    def close(self) -> None:
+        if self.agent is not None:
+            self.agent.close()
+        if self.plugin is not None:
+            self.plugin.stop()
+        for sink in self.sinks:
+            sink.close()
+        self.consumer.close()
+        self.producer.flush(10)
+
+    def _on_message(self, msg: Message) -> None:
+        err = msg.error()
+        if err is not None:
+            if err.code() != KafkaError._PARTITION_EOF:
+                log.warning("consumer error: %s", err)
+            return
+        self._dirty = True
+        tp: TP = (msg.topic() or "", msg.partition() or 0)
+        offset = msg.offset() or 0
+        raw = codec.header(msg.headers(), "pf.uid")
+        try:
+            uid = int(raw) if raw is not None else codec.decode_key(msg.key())
+        except (ValueError, codec.FrameError):
+            self.errors += 1
+            self.tracker.consumed(tp, offset, held=False)
+            return
+        nxt = self.reorder.state.next_expected
+        if nxt is not None and uid < nxt and offset < self.saved.consumed.get(tp, -1):
+            self.replayed += 1  # emitted before a restart, read again from committed offsets
+            self.tracker.consumed(tp, offset, held=False)
+            return
+        self.tracker.consumed(tp, offset, held=True)
+        fate, out = self.reorder.push(uid, msg)
+        if fate != "cached":
+            self.tracker.released(tp, offset)
+            if fate == "late" and self.cfg.late_topic:
+                self._produce(self.cfg.late_topic, msg.value(), msg.key(), msg.headers())
+        self._emit(out)
+
+    def _emit(self, items: list[tuple[int, Message]]) -> None:
+        topic = self.cfg.output_topic
+        if items:
+            self._dirty = True
+        for _uid, msg in items:
+            self.tracker.released((msg.topic() or "", msg.partition() or 0), msg.offset() or 0)
+            if self.plugin is None and not self.sinks:
+                if topic:
+                    self._produce(topic, msg.value(), msg.key(), msg.headers())
+                continue
+            try:
+                frame = codec.decode(msg.key(), msg.value(), msg.headers())
+                if self.plugin is not None:
+                    with self._lock:
+                        frames = outputs(self.plugin.process(frame))
+                else:
+                    frames = [frame]
+            except Exception as exc:
+                self.errors += 1
+                log.warning("frame %s not emitted: %s", _uid, exc)
+                continue
+            for f in frames:
+                if topic:
+                    self._retry(lambda f=f: codec.produce(self.producer, topic, f, partition=0))
+                for sink in self.sinks:
+                    sink.write(f)
+
+    def _produce(self, topic: str, value: Any, key: Any, headers: Any) -> None:
+        self._retry(lambda: self.producer.produce(
+            topic, value, key, partition=0, headers=headers))
+
+    def _retry(self, fn: Any) -> None:
+        while True:
+            try:
+                fn()
+                return
+            except BufferError:
+                self.producer.poll(0.05)
+
+    def _commit(self) -> None:
+        """Outputs, state and offsets in one transaction; then open the next one."""
+        if not self._dirty:
+            return
+        positions = self.tracker.positions()
+        state = SavedState(self.reorder.state, self.tracker.consumed_positions())
+        self.producer.produce(self.cfg.state_topic, state.encode(), self.cfg.group.encode(),
+                              partition=0)
+        if positions:
+            self.producer.send_offsets_to_transaction(
+                [TopicPartition(t, p, o) for (t, p), o in positions.items()],
+                self.consumer.consumer_group_metadata(), 30)
+        try:
+            self.producer.commit_transaction(60)
+        except KafkaException as exc:
+            # Outputs already left the cache; only a restart from committed state is safe.
+            if exc.args[0].txn_requires_abort():
+                self.producer.abort_transaction(30)
+            raise
+        self._dirty = False
+        self.producer.begin_transaction()
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._commit()
+        self.tracker.forget([(p.topic, p.partition) for p in partitions])
+
+    def _on_stats(self, stats_json: str) -> None:
+        self.lag = sum(consumer_lag(stats_json).values())
