@@ -40,7 +40,7 @@ from pvaflow.frame import (
 )
 
 PROPERTY = settings(
-    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+    max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow]
 )
 
 # -- strategies ---------------------------------------------------------------------------
