@@ -1,0 +1,286 @@
+"""Processor framework cost: the Runner with the passthrough plugin against a bare
+confluent-kafka consume -> produce loop, same input topic, same broker, one run.
+
+Each measurement is a fresh subprocess (so peak RSS is its own) reading the whole prefilled
+input topic with a new consumer group and producing every record to a fresh output topic; the
+clock runs from the first record consumed to the last output delivered. Bare and Runner runs
+alternate (bare, runner, bare, runner, ...) so broker and machine noise hits both alike.
+
+    python benchmarks/processors.py [--bootstrap HOST:PORT] [--repeats 3] [--quick]
+
+Needs a broker: ``$PVAFLOW_BOOTSTRAP`` or ``--bootstrap`` (``pvaflow-broker start --port 0``).
+Writes the "processors" section of docs/performance.md and docs/img/processors.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from typing import Any, cast
+
+KiB, MiB = 1024, 1024 * 1024
+CASES = (("16 KiB", (128, 128), "uint8", 30_000), ("2 MiB", (1024, 1024), "uint16", 400))
+TARGETS = {"16 KiB": 0.85, "2 MiB": 0.9}
+
+
+def _rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def fill(bootstrap: str, topic: str, shape: tuple[int, ...], dtype: str, n: int) -> None:
+    """Prefill ``topic`` with ``n`` native frames (what the bridge would have written)."""
+    from confluent_kafka import Producer
+
+    from pvaflow.codec import encode
+    from pvaflow.settings import producer_config
+    from pvaflow.testing import make_frames
+    from pvaflow.topics import ensure_topic
+
+    ensure_topic(topic, 1, bootstrap=bootstrap)
+    p = Producer(producer_config(bootstrap))
+    frames = make_frames(4, shape, dtype)
+    for i in range(n):
+        f = frames[i % 4]
+        f.unique_id = i + 1
+        key, value, headers = encode(f, sequence=i)
+        while True:
+            try:
+                p.produce(topic, cast(bytes, value), key, headers=headers)
+                break
+            except BufferError:
+                p.poll(0.05)
+        p.poll(0)
+    p.flush()
+
+
+def child_bare(bootstrap: str, topic: str, out: str, n: int, batch: int) -> dict[str, Any]:
+    """The floor: consume, produce the same key/value/headers, nothing else."""
+    from confluent_kafka import Consumer, Producer
+
+    from pvaflow.settings import consumer_config, producer_config
+
+    base = _rss_mib()
+    c = Consumer(consumer_config(f"bench-bare-{uuid.uuid4().hex[:8]}", bootstrap))
+    p = Producer(producer_config(bootstrap))
+    c.subscribe([topic])
+    count, t0 = 0, 0.0
+    while count < n:
+        msgs = c.consume(batch, 0.5)
+        if msgs and not t0:
+            t0 = time.perf_counter()
+        for m in msgs:
+            if m.error():
+                continue
+            while True:
+                try:
+                    p.produce(out, m.value(), m.key(), headers=m.headers())
+                    break
+                except BufferError:
+                    p.poll(0.01)
+            count += 1
+        p.poll(0)
+    p.flush()
+    dt = time.perf_counter() - t0
+    c.close()
+    return {"frames": count, "seconds": dt, "fps": count / dt, "rss_mib": _rss_mib(),
+            "base_rss_mib": base}
+
+
+def child_runner(bootstrap: str, topic: str, out: str, n: int, batch: int,
+                 max_queue: int) -> dict[str, Any]:
+    from pvaflow.processors.passthrough import Passthrough
+    from pvaflow.processors.runner import Runner, RunnerConfig
+
+    base = _rss_mib()
+    cfg = RunnerConfig(input_topics=[topic], group=f"bench-runner-{uuid.uuid4().hex[:8]}",
+                       output_topic=out, dlq_topic=None, bootstrap=bootstrap,
+                       max_queue_size=max_queue, batch_size=batch, report_period=0)
+    r = Runner(Passthrough(), cfg)
+    marks: dict[str, float] = {}
+
+    def done() -> bool:
+        if "t0" not in marks and r.stats.received:
+            marks["t0"] = time.perf_counter()
+        if r.stats.received >= n:
+            r.producer.flush()
+            marks["t1"] = time.perf_counter()
+            return True
+        return False
+
+    r.extra_stop = done
+    import contextlib
+    import io
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        r.run()
+    dt = marks["t1"] - marks["t0"]
+    # Stats are counted from the first record, so divide by frames after the first batch too.
+    return {"frames": r.stats.processed, "seconds": dt, "fps": r.stats.processed / dt,
+            "rss_mib": _rss_mib(), "base_rss_mib": base,
+            "sequence_gaps": r.stats.sequence_gaps, "dlq": r.stats.dlq}
+
+
+def run_child(kind: str, bootstrap: str, topic: str, n: int, batch: int,
+              max_queue: int) -> dict[str, Any]:
+    out = f"{topic}.out-{kind}-{uuid.uuid4().hex[:6]}"
+    cmd = [sys.executable, __file__, "--child", kind, "--bootstrap", bootstrap, "--topic", topic,
+           "--out", out, "--n", str(n), "--batch", str(batch), "--max-queue", str(max_queue)]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=900, check=False)
+    if res.returncode != 0:
+        raise RuntimeError(f"{kind} child failed:\n{res.stderr[-3000:]}")
+    _delete_topics(bootstrap, [out])
+    result: dict[str, Any] = json.loads(res.stdout.strip().splitlines()[-1])
+    return result
+
+
+def _delete_topics(bootstrap: str, topics: list[str]) -> None:
+    from confluent_kafka.admin import AdminClient
+
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    for f in admin.delete_topics(topics, operation_timeout=30).values():
+        try:
+            f.result(60)
+        except Exception as exc:
+            print(f"warning: could not delete topic: {exc}", file=sys.stderr)
+
+
+def memory_bound_mib(frame_bytes: int, batch: int, max_queue: int, base: float) -> float:
+    """The documented bound: interpreter baseline + librdkafka prefetch
+    (queued.max.messages.kbytes) + one fetch response (fetch.max.bytes) + the consumed batch
+    held in Python + the producer's undelivered frames (--max-queue-size)."""
+    from pvaflow.settings import CONSUMER_DEFAULTS
+
+    prefetch = CONSUMER_DEFAULTS["queued.max.messages.kbytes"] * KiB
+    fetch = CONSUMER_DEFAULTS["fetch.max.bytes"]
+    return base + (prefetch + fetch + (batch + max_queue) * frame_bytes) / MiB
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--bootstrap", default=os.environ.get("PVAFLOW_BOOTSTRAP"))
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--quick", action="store_true", help="a tenth of the frames, no doc write")
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--max-queue", type=int, default=100)
+    ap.add_argument("--child")
+    ap.add_argument("--topic")
+    ap.add_argument("--out")
+    ap.add_argument("--n", type=int)
+    a = ap.parse_args(argv)
+    if not a.bootstrap:
+        ap.error("no broker: set PVAFLOW_BOOTSTRAP or --bootstrap")
+    if a.child:
+        fn = child_bare if a.child == "bare" else child_runner
+        args = (a.bootstrap, a.topic, a.out, a.n, a.batch) + (
+            () if a.child == "bare" else (a.max_queue,))
+        print(json.dumps(fn(*args)))
+        return 0
+
+    import numpy as np
+
+    results: dict[str, Any] = {}
+    for label, shape, dtype, n in CASES:
+        n = max(n // 10, 50) if a.quick else n
+        frame_bytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
+        topic = f"bench-proc-{label.replace(' ', '')}-{uuid.uuid4().hex[:6]}"
+        print(f"{label}: filling {topic} with {n} frames", file=sys.stderr)
+        fill(a.bootstrap, topic, shape, dtype, n)
+        runs: dict[str, list[dict[str, Any]]] = {"bare": [], "runner": []}
+        for i in range(a.repeats):
+            for kind in ("bare", "runner"):
+                r = run_child(kind, a.bootstrap, topic, n, a.batch, a.max_queue)
+                runs[kind].append(r)
+                print(f"  {label} {kind} #{i + 1}: {r['fps']:.0f} fps, "
+                      f"peak RSS {r['rss_mib']:.0f} MiB", file=sys.stderr)
+        _delete_topics(a.bootstrap, [topic])
+        bare = statistics.median(r["fps"] for r in runs["bare"])
+        runner = statistics.median(r["fps"] for r in runs["runner"])
+        rss = max(r["rss_mib"] for r in runs["runner"])
+        base = statistics.median(r["base_rss_mib"] for r in runs["runner"])
+        results[label] = {
+            "frames": n, "frame_bytes": frame_bytes, "bare_fps": bare, "runner_fps": runner,
+            "ratio": runner / bare, "target": TARGETS[label],
+            "overhead_us": (1 / runner - 1 / bare) * 1e6,
+            "runner_peak_rss_mib": rss, "bare_peak_rss_mib": max(r["rss_mib"]
+                                                                  for r in runs["bare"]),
+            "rss_bound_mib": memory_bound_mib(frame_bytes, a.batch, a.max_queue, base),
+            "sequence_gaps": sum(r["sequence_gaps"] for r in runs["runner"]),
+            "runs": runs,
+        }
+    for label, r in results.items():
+        print(f"{label}: bare {r['bare_fps']:.0f} fps, runner {r['runner_fps']:.0f} fps, "
+              f"ratio {r['ratio']:.3f} (target {r['target']}), overhead "
+              f"{r['overhead_us']:.1f} us/frame, peak RSS {r['runner_peak_rss_mib']:.0f} MiB "
+              f"(bound {r['rss_bound_mib']:.0f})", file=sys.stderr)
+    if not a.quick:
+        write_doc(results, a)
+    return 0
+
+
+def write_doc(results: dict[str, Any], a: argparse.Namespace) -> None:
+    from benchmarks.report import IMG, table, write_section
+
+    rows = []
+    for label, r in results.items():
+        ok = "yes" if r["ratio"] >= r["target"] and r["runner_peak_rss_mib"] <= \
+            r["rss_bound_mib"] else "NO"
+        rows.append([label, r["frames"], r["bare_fps"], r["runner_fps"], f"{r['ratio']:.3f}",
+                     f">= {r['target']}", f"{r['overhead_us']:.1f}",
+                     f"{r['runner_peak_rss_mib']:.0f}", f"{r['rss_bound_mib']:.0f}", ok])
+    md = f"""## Processors: framework cost
+
+`benchmarks/processors.py`: the consumer `Runner` with the `passthrough` plugin (decode,
+plugin call, encode, produce with delivery tracking, commit after delivery, stats) against a
+bare confluent-kafka consume -> produce loop, reading the same prefilled single-partition
+topic from the same local broker (which shares the machine's 2 cores). Alternating runs,
+{a.repeats} of each, median frames/s; batch {a.batch}, `--max-queue-size {a.max_queue}`.
+
+{table(["frame", "frames", "bare fps", "runner fps", "ratio", "target",
+        "overhead us/frame", "peak RSS MiB", "RSS bound MiB", "met"], rows)}
+
+Overhead per frame is `1/runner_fps - 1/bare_fps`. The RSS bound is documented in
+docs/plugins.md ("Memory"): interpreter baseline + `queued.max.messages.kbytes` +
+`fetch.max.bytes` + (batch + `--max-queue-size`) x frame size.
+
+![processors](img/processors.png)
+"""
+    write_section("processors", md, {k: {kk: vv for kk, vv in v.items() if kk != "runs"}
+                                     | {"runs": v["runs"]} for k, v in results.items()})
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(1, 2, figsize=(9, 3.5))
+        labels = list(results)
+        for i, key in enumerate(("bare_fps", "runner_fps")):
+            ax[0].bar([j + i * 0.4 for j in range(len(labels))],
+                      [results[k][key] / results[k]["bare_fps"] for k in labels], 0.4,
+                      label=key.replace("_fps", ""))
+        ax[0].axhline(0.85, ls="--", c="grey", lw=0.8)
+        ax[0].set_xticks([j + 0.2 for j in range(len(labels))], labels)
+        ax[0].set_ylabel("frames/s relative to bare loop")
+        ax[0].legend()
+        ax[1].bar(labels, [results[k]["runner_peak_rss_mib"] for k in labels], label="peak RSS")
+        ax[1].scatter(labels, [results[k]["rss_bound_mib"] for k in labels], c="r", marker="_",
+                      s=400, label="bound")
+        ax[1].set_ylabel("MiB")
+        ax[1].legend()
+        fig.tight_layout()
+        IMG.mkdir(parents=True, exist_ok=True)
+        fig.savefig(IMG / "processors.png", dpi=100)
+    except ImportError:
+        print("matplotlib missing: no plot", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    sys.exit(main())
