@@ -1,0 +1,138 @@
+"""``pvaflow control TARGET COMMAND [ARGS]``: send a command, print who answered and who not.
+
+The known components come from the latest status messages (the monitor's ``/status``, or the
+status topic): a target matching none of them is refused before anything is sent, and the
+running ones it matches are the replies to wait for.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+from confluent_kafka import OFFSET_END, Consumer, Producer, TopicPartition
+
+from .control import COMMANDS, CONTROL_TOPIC, STATUS_TOPIC, ComponentId, command_message
+from .monitor import STALE_AFTER
+from .options import Parser, add_kafka_args, parse
+from .settings import consumer_config, producer_config
+from .status_cli import DEFAULT_MONITOR, StatusUnavailable, get_view
+from .topics import ensure_topic
+
+
+def build_parser() -> Parser:
+    p = Parser(prog="pvaflow control", description=(
+        "Send configure / reset_stats / get_stats / stop to one component (kind/group/id), a "
+        "group, a kind, or all, and print the replies."))
+    p.add_argument("target", help="all | KIND | GROUP | KIND/GROUP | KIND/GROUP/ID")
+    p.add_argument("command", help=" | ".join(COMMANDS))
+    p.add_argument("args", nargs="?", default="{}", help="JSON object (for configure)")
+    p.add_argument("--timeout", type=float, default=10.0, metavar="SECONDS",
+                   help="wait this long for replies (default: %(default)s)")
+    p.add_argument("--monitor", default=DEFAULT_MONITOR, metavar="URL",
+                   help="where to learn which components exist (default: %(default)s)")
+    p.add_argument("--from-topic", action="store_true",
+                   help="learn the components from the status topic, not the monitor")
+    p.add_argument("--stale-after", type=float, default=STALE_AFTER, help=argparse.SUPPRESS)
+    p.add_argument("--control-topic", default=CONTROL_TOPIC, help="(default: %(default)s)")
+    p.add_argument("--status-topic", default=STATUS_TOPIC, help="(default: %(default)s)")
+    p.add_argument("--json", action="store_true", help="print the replies as JSON lines")
+    add_kafka_args(p)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parse(parser, argv)
+    try:
+        cmd_args = json.loads(args.args)
+    except ValueError as exc:
+        parser.error(f"ARGS must be a JSON object: {exc}")
+    if not isinstance(cmd_args, dict):
+        parser.error("ARGS must be a JSON object, e.g. '{\"x\": 1}'")
+    try:
+        message = command_message(args.target, args.command, cmd_args)
+    except ValueError as exc:
+        parser.error(str(exc))
+    try:
+        view, _source = get_view(args)
+    except StatusUnavailable as exc:
+        print(f"pvaflow control: cannot list components: {exc}", file=sys.stderr)
+        return 1
+    matching = [c for c in view["components"]
+                if ComponentId.parse(c["component"]).matches(args.target)]
+    if not matching:
+        known = sorted({c["component"] for c in view["components"]})
+        parser.error(f"unknown target {args.target!r}; known components: "
+                     f"{', '.join(known) or 'none (is anything running?)'}")
+    expected = {c["component"] for c in matching if c["state"] != "stopped"}
+    if not expected:
+        print(f"pvaflow control: every component matching {args.target!r} has stopped: "
+              f"{', '.join(sorted(c['component'] for c in matching))}", file=sys.stderr)
+        return 1
+    replies = send_and_wait(args, message, expected)
+    return report(replies, expected, args.timeout, args.json)
+
+
+def send_and_wait(
+    args: Any, message: dict[str, Any], expected: set[str]
+) -> dict[str, dict[str, Any]]:
+    """Listen on the status topic from its end, send, collect replies to this request_id."""
+    ensure_topic(args.control_topic, 1, bootstrap=args.bootstrap_servers,
+                 overrides=args.kafka_overrides, strict=False)
+    consumer = Consumer(consumer_config(
+        f"pvaflow-control-cli-{uuid.uuid4().hex[:8]}", args.bootstrap_servers,
+        args.kafka_overrides))
+    producer = Producer(producer_config(args.bootstrap_servers, args.kafka_overrides,
+                                        enable_idempotence=False, linger_ms=0))
+    try:
+        tp = TopicPartition(args.status_topic, 0)
+        _low, high = consumer.get_watermark_offsets(tp, timeout=10, cached=False)
+        consumer.assign([TopicPartition(args.status_topic, 0, high if high >= 0 else OFFSET_END)])
+        producer.produce(args.control_topic, key=args.target.encode(),
+                         value=json.dumps(message).encode())
+        producer.flush(10)
+        replies: dict[str, dict[str, Any]] = {}
+        deadline = time.monotonic() + args.timeout
+        while time.monotonic() < deadline and not expected <= replies.keys():
+            msg = consumer.poll(0.2)
+            if msg is None or msg.error() is not None:
+                continue
+            try:
+                reply = json.loads(msg.value() or b"")
+            except ValueError:
+                continue
+            if reply.get("type") == "reply" and reply.get("request_id") == message["request_id"]:
+                replies[str(reply.get("component"))] = reply
+        return replies
+    finally:
+        consumer.close()
+
+
+def report(
+    replies: dict[str, dict[str, Any]], expected: set[str], timeout: float, as_json: bool
+) -> int:
+    failed = False
+    for name in sorted(replies):
+        r = replies[name]
+        failed |= not r.get("ok")
+        if as_json:
+            print(json.dumps(r))
+        elif r.get("ok"):
+            result = r.get("result") or {}
+            print(f"{name}: ok" + (f" {json.dumps(result)}" if result else ""))
+        else:
+            print(f"{name}: error: {r.get('error')}")
+    missing = sorted(expected - replies.keys())
+    if missing:
+        print(f"no reply within {timeout:g} s from: {', '.join(missing)}", file=sys.stderr)
+    return 1 if missing or failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
