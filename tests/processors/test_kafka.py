@@ -1,0 +1,194 @@
+"""The consumer against a real broker: DLQ, plugin routes, encryption chain, topic control.
+
+Frames are fed through the codec (as the bridge writes them); the seed examples with the real
+bridge and simulator are in test_seed.py.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+from confluent_kafka import Producer
+
+from pvaflow.codec import decode, encode
+from pvaflow.control import command_message
+from pvaflow.testing import make_frames
+
+from .conftest import HERE, Proc, feed, produce_raw, read_topic, wait_for
+
+pytestmark = pytest.mark.integration
+
+KEY_HEX = bytes(range(100, 132)).hex()
+
+
+def _decode(r) -> np.ndarray:  # type: ignore[no-untyped-def]
+    return decode(r.uid.to_bytes(8, "big"), r.value, list(r.headers.items())).array
+
+
+def test_plugin_failures_go_to_the_dlq_and_processing_goes_on(
+        kafka_bootstrap: str, make_topic: Callable[..., str],
+        consumer: Callable[..., Proc]) -> None:
+    src, out, dlq = make_topic(2), make_topic(suffix="out"), make_topic(suffix="dlq")
+    feed(kafka_bootstrap, src, make_frames(100, (8, 8)), lambda f: f.unique_id % 2)
+    produce_raw(kafka_bootstrap, src, b"not a frame", b"junk", partition=1)
+    c = consumer("--input-topic", src, "--output-topic", out, "--dlq-topic", dlq,
+                 "--processor", "flaky_plugin:EveryTenthFails", "--runtime", "40",
+                 "--report-period", "1", env={"PYTHONPATH": str(HERE)})
+    outputs = read_topic(kafka_bootstrap, out, count=90, timeout=60, settle=2)
+    dead = read_topic(kafka_bootstrap, dlq, count=11, timeout=30, settle=1)
+    c.stop()
+    assert sorted(r.uid for r in outputs) == [i for i in range(1, 101) if i % 10]
+    assert len(dead) == 11
+    by_stage: dict[str, list] = {}
+    for r in dead:
+        by_stage.setdefault(r.headers["pf.dlq.stage"].decode(), []).append(r)
+    assert sorted(r.uid for r in by_stage["process"]) == list(range(10, 101, 10))
+    for r in by_stage["process"]:
+        assert r.headers["pf.dlq.reason"] == f"frame {r.uid} is a multiple of ten".encode()
+        assert r.headers["pf.dlq.error"] == b"RuntimeError"
+        assert r.headers["pf.dlq.origin"].startswith(src.encode())
+        assert _decode(r).shape == (8, 8)  # the original record, replayable
+    [junk] = by_stage["decode"]
+    assert junk.value == b"not a frame" and b"pf.v is missing" in junk.headers["pf.dlq.reason"]
+    log = c.text()
+    assert "'errors': 10" in log and "'dlq': 11" in log and "'decode_errors': 1" in log
+    assert "'sequence_gaps': 0" in log
+
+
+def test_pvapy_user_data_processor_runs_unchanged(
+        kafka_bootstrap: str, make_topic: Callable[..., str],
+        consumer: Callable[..., Proc]) -> None:
+    src, out = make_topic(), make_topic(suffix="out")
+    frames = make_frames(20, (6, 10), "uint16")
+    feed(kafka_bootstrap, src, frames)
+    c = consumer("--input-topic", src, "--output-topic", out, "--processor-file",
+                 str(HERE / "pvapy_rotate_plugin.py"), "--processor-class",
+                 "HpcAdImageProcessor", "--runtime", "30", "--report-period", "1")
+    got = read_topic(kafka_bootstrap, out, count=20, timeout=60)
+    c.stop()
+    assert [r.uid for r in got] == list(range(1, 21))
+    for f, r in zip(frames, got, strict=True):
+        np.testing.assert_array_equal(_decode(r), f.array.T)
+    assert "'nProcessed': 20" in c.text()  # the plugin's own getStats, in the report
+
+
+def test_entry_point_plugin_from_an_installed_package(
+        kafka_bootstrap: str, make_topic: Callable[..., str], consumer: Callable[..., Proc],
+        plugin_package: str) -> None:
+    src, out = make_topic(), make_topic(suffix="out")
+    frames = make_frames(10, (4, 4), "uint16")
+    feed(kafka_bootstrap, src, frames)
+    c = consumer("--input-topic", src, "--output-topic", out, "--processor", plugin_package,
+                 "--processor-args", '{"factor": 3}', "--runtime", "30")
+    got = read_topic(kafka_bootstrap, out, count=10, timeout=60)
+    c.stop()
+    for f, r in zip(frames, got, strict=True):
+        np.testing.assert_array_equal(_decode(r), (f.array.astype(np.int64) * 3)
+                                      .astype(np.uint16))
+
+
+def test_encrypt_decrypt_chain_is_bit_identical_and_tampering_is_rejected(
+        kafka_bootstrap: str, make_topic: Callable[..., str], consumer: Callable[..., Proc],
+        tmp_path: Path) -> None:
+    src, enc, dec = make_topic(), make_topic(suffix="enc"), make_topic(suffix="dec")
+    dlq = make_topic(suffix="dlq")
+    keyfile = tmp_path / "frames.key"
+    keyfile.write_text(KEY_HEX)
+    frames = make_frames(30, (32, 16), "float32") + make_frames(10, (8, 8), "int64",
+                                                                 first_id=31)
+    feed(kafka_bootstrap, src, frames)
+    e = consumer("--input-topic", src, "--output-topic", enc, "--processor", "encrypt",
+                 "--processor-args", json.dumps({"key_file": str(keyfile)}), "--runtime", "60",
+                 "--log-level", "debug", name="encryptor")
+    d = consumer("--input-topic", enc, "--output-topic", dec, "--dlq-topic", dlq,
+                 "--processor", "decrypt", "--runtime", "60", "--log-level", "debug",
+                 env={"PVAFLOW_FRAME_KEY": KEY_HEX}, name="decryptor")
+    encrypted = read_topic(kafka_bootstrap, enc, count=40, timeout=60)
+    assert all(r.headers["pf.codec"] == b"aes-gcm" for r in encrypted)
+    decrypted = read_topic(kafka_bootstrap, dec, count=40, timeout=60)
+    assert [r.uid for r in decrypted] == list(range(1, 41))
+    for f, r in zip(frames, decrypted, strict=True):
+        assert "pf.codec" not in r.headers
+        assert r.value == f.array.tobytes()  # bit-identical, dtype and shape restored
+        assert _decode(r).dtype == f.array.dtype and _decode(r).shape == f.array.shape
+    # Tamper with one encrypted record (one payload bit) and append it to the encrypted topic.
+    bad = encrypted[5]
+    value = bytearray(bad.value)
+    value[40] ^= 0x80
+    produce_raw(kafka_bootstrap, enc, bytes(value), bad.uid.to_bytes(8, "big"),
+                list(bad.headers.items()))
+    [rejected] = read_topic(kafka_bootstrap, dlq, count=1, timeout=30)
+    assert rejected.uid == bad.uid
+    assert b"failed authentication" in rejected.headers["pf.dlq.reason"]
+    time.sleep(1)
+    e.stop()
+    d.stop()
+    assert KEY_HEX not in e.text() + d.text()  # debug logs never show the key
+
+
+def test_control_topic_commands_reach_the_plugin_and_stop_ends_the_process(
+        kafka_bootstrap: str, make_topic: Callable[..., str],
+        consumer: Callable[..., Proc]) -> None:
+    src, out = make_topic(), make_topic(suffix="out")
+    control, status = make_topic(suffix="control"), make_topic(suffix="status")
+    group = f"ctl-{uuid.uuid4().hex[:6]}"
+    feed(kafka_bootstrap, src, make_frames(5, (4, 4)))
+    c = consumer("--input-topic", src, "--output-topic", out, "--group", group,
+                 "--processor-file", str(HERE / "pvapy_rotate_plugin.py"),
+                 "--processor-class", "HpcAdImageProcessor", "--control-topic", control,
+                 "--status-topic", status, "--report-period", "1", "--consumer-id", "7")
+    read_topic(kafka_bootstrap, out, count=5, timeout=60)
+    me = f"consumer/{group}/7"
+
+    def status_messages() -> list[dict]:
+        recs = read_topic(kafka_bootstrap, status, count=10**9, timeout=2)
+        return [json.loads(r.value) for r in recs]
+
+    wait_for(lambda: any(m["type"] == "status" and m["component"] == me and
+                         m["stats"]["processed"] == 5 for m in status_messages()),
+             30, "a status report")
+    p = Producer({"bootstrap.servers": kafka_bootstrap})
+    sent = {}
+    for target, command, args in ((me, "configure", {"x": 100}), (group, "get_stats", {}),
+                                  ("other-group", "stop", {}), ("all", "reset_stats", {})):
+        msg = command_message(target, command, args)
+        sent[command] = msg["request_id"]
+        p.produce(control, json.dumps(msg).encode())
+    p.flush(10)
+
+    def replies() -> dict[str, dict]:
+        return {m["request_id"]: m for m in status_messages() if m["type"] == "reply"}
+
+    got = wait_for(lambda: (r := replies()) and len(r) >= 3 and r, 30, "three replies")
+    assert got[sent["configure"]]["ok"]
+    stats = got[sent["get_stats"]]["result"]
+    assert stats["processed"] == 5 and stats["plugin"]["lastConfigX"] == 100
+    assert sent["stop"] not in got  # addressed to another group
+    assert got[sent["reset_stats"]]["ok"]
+    assert c.popen.poll() is None
+    p.produce(control, json.dumps(command_message("consumer", "stop")).encode())
+    p.flush(10)
+    assert c.wait(30) == 0
+    final = [m for m in status_messages() if m["type"] == "status" and m.get("final")]
+    assert final and final[-1]["stats"]["processed"] == 0  # reset_stats took effect
+
+
+def test_codec_encoded_output_keeps_key_as_unique_id(
+        kafka_bootstrap: str, make_topic: Callable[..., str],
+        consumer: Callable[..., Proc]) -> None:
+    """Outputs are keyed by uniqueId (8-byte big-endian) and say which consumer made them."""
+    src, out = make_topic(), make_topic(suffix="out")
+    feed(kafka_bootstrap, src, make_frames(3, (2, 2)))
+    c = consumer("--input-topic", src, "--output-topic", out, "--processor", "passthrough",
+                 "--group", "gk", "--consumer-id", "4", "--runtime", "30")
+    got = read_topic(kafka_bootstrap, out, count=3, timeout=60)
+    c.stop()
+    for r in got:
+        key, _value, _headers = encode(make_frames(1, (2, 2), first_id=r.uid)[0])
+        assert key == r.uid.to_bytes(8, "big") and r.proc == "gk/4"
