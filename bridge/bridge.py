@@ -16,7 +16,7 @@ from pvaflow.topics import ensure_topic
 from .intake import Intake
 from .plan import Plan
 from .producer import FrameProducer, topic_limits
-from .source import Source
+from .source import Drainer, Source
 from .stats import ChannelStats
 
 log = logging.getLogger(__name__)
@@ -88,6 +88,7 @@ class Bridge:
         self.stats = [ChannelStats(c, t) for c, t in zip(config.channels, topics, strict=True)]
         self.producer: FrameProducer | None = None
         self.sources: list[Source] = []
+        self.drainer: Drainer | None = None
 
     def topics(self) -> list[str]:
         return list(dict.fromkeys(t for p in self.plans for t in p.topics))
@@ -120,10 +121,18 @@ class Bridge:
                 receiver_queue_size=c.receiver_queue_size))
         for src in self.sources:
             src.start()
+        # after every channel exists: creating a pvapy Channel while another thread waits in
+        # PvObjectQueue.get has crashed the interpreter
+        self.drainer = Drainer(self.sources)
+        self.drainer.start()
 
     def update_counters(self) -> None:
         for src in self.sources:
             src.update_counters()
+
+    def check_connections(self) -> bool:
+        """Log channel (dis)connections; True when every channel is connected."""
+        return all([src.check_connection() for src in self.sources])
 
     def queue_depth(self) -> int:
         return len(self.producer) if self.producer is not None else 0
@@ -132,6 +141,8 @@ class Bridge:
         """Stop monitors, hand on what the client queues hold, flush, count the rest."""
         for src in self.sources:
             src.stop()
+        if self.drainer is not None:
+            self.drainer.stop()
         if self.producer is None:
             return
         left = self.producer.flush(self.config.flush_timeout)

@@ -25,6 +25,7 @@ from .plan import PlanError, parse_sets
 from .stats import BridgeCollector, Reporter, final_json
 
 log = logging.getLogger("pvaflow.bridge")
+TICK = 0.2  # seconds between connection checks
 
 
 def build_parser() -> Parser:
@@ -135,11 +136,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.monotonic()
     period = args.report_period if args.report_period > 0 else 1.0
     next_report = started + period
+    bridge.check_connections()
     while not stop.is_set():
-        timeout = next_report - time.monotonic()
+        timeout = min(next_report - time.monotonic(), TICK)
         if args.runtime > 0:
             timeout = min(timeout, started + args.runtime - time.monotonic())
         stop.wait(max(timeout, 0.0))
+        bridge.check_connections()
         if args.runtime > 0 and time.monotonic() >= started + args.runtime:
             log.info("runtime of %gs reached: stopping", args.runtime)
             break

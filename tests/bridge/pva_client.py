@@ -1,0 +1,53 @@
+"""A direct PVA client (run as a subprocess): what an EPICS client receives, for comparison.
+
+``python pva_client.py OUT.pkl N TIMEOUT CHANNEL...`` monitors every channel and pickles
+``{channel: {uniqueId: Frame}}`` (arrays copied) once N frames per channel arrived.
+"""
+
+from __future__ import annotations
+
+import pickle
+import sys
+import threading
+import time
+from dataclasses import replace
+from typing import Any
+
+import pvaccess as pva
+
+from pvaflow.codec import FrameError
+from pvaflow.ntnda import frame_from_ntnda
+
+
+def main() -> int:
+    out, n, timeout, channels = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), sys.argv[4:]
+    frames: dict[str, dict[int, Any]] = {c: {} for c in channels}
+    lock = threading.Lock()
+    chans = []
+    for name in channels:
+        def cb(pv: Any, name: str = name) -> None:
+            try:
+                f = frame_from_ntnda(pv, name)
+            except FrameError:
+                return  # the record's initial empty value
+            with lock:
+                frames[name][f.unique_id] = replace(f, array=f.array.copy())
+        ch = pva.Channel(name)
+        ch.monitor(cb, "record[queueSize=100]field()")
+        chans.append(ch)
+    print("monitoring", flush=True)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with lock:
+            if all(len(v) >= n for v in frames.values()):
+                break
+        time.sleep(0.05)
+    for ch in chans:
+        ch.stopMonitor()
+    with lock, open(out, "wb") as f:
+        pickle.dump(frames, f)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
