@@ -102,6 +102,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .spawn import spawn
 
         return spawn(argv, args.n_consumers, args.consumer_id, args.metrics_port)
+    _pvapy_log_level(args.log_level)
     try:
         plugin = load_processor(args.processor, file=args.processor_file,
                                 class_name=args.processor_class, config=config)
@@ -168,6 +169,16 @@ def run(args: argparse.Namespace, plugin: Processor) -> int:
             channels.stop()
     log.info("consumer %s/%d exiting with code %d", group, cid, code)
     return code
+
+
+def _pvapy_log_level(level: str) -> None:
+    """PvaPy plugins log through pvapy's LoggingManager (default ERROR): give it our level so
+    ``--log-level debug`` shows their processing log, as ``pvapy-hpc-consumer`` does."""
+    try:
+        from pvapy.utility.loggingManager import LoggingManager
+    except ImportError:
+        return
+    LoggingManager.setLogLevel(level.upper())
 
 
 def _safe_stats(plugin: Processor) -> dict[str, Any]:

@@ -87,16 +87,18 @@ class Proc:
 @pytest.fixture
 def run_proc(tmp_path: Path, pva_env: dict[str, str],
              kafka_bootstrap: str) -> Iterator[Callable[..., Proc]]:
-    """``run_proc(module, *args, name=..., env=...)`` starts ``python -m module args`` with
-    the broker and a private PVA server port; every process is stopped (by pid) at teardown."""
+    """``run_proc(module, *args, name=..., env=..., pva_server=False)`` starts ``python -m
+    module args`` with the broker (and, for PVA servers, a private TCP port); every process is
+    stopped (by pid) at teardown."""
     procs: list[Proc] = []
 
     def factory(module: str, *args: str, name: str = "proc",
-                env: dict[str, str] | None = None) -> Proc:
-        port = str(free_port())
+                env: dict[str, str] | None = None, pva_server: bool = False) -> Proc:
         full_env = {**os.environ, **pva_env, "PVAFLOW_BOOTSTRAP": kafka_bootstrap,
-                    "EPICS_PVA_SERVER_PORT": port, "EPICS_PVAS_SERVER_PORT": port,
                     "PYTHONUNBUFFERED": "1", **(env or {})}
+        if pva_server:  # its own TCP port (a PVA client must not get one: it changes search)
+            port = str(free_port())
+            full_env.update(EPICS_PVA_SERVER_PORT=port, EPICS_PVAS_SERVER_PORT=port)
         p = Proc([sys.executable, "-m", module, *args], tmp_path / f"{name}.log", full_env)
         procs.append(p)
         return p
@@ -113,7 +115,8 @@ def consumer(run_proc: Callable[..., Proc]) -> Callable[..., Proc]:
         # The shared control topic is left out unless asked for: another test's "stop all"
         # must not reach this test's consumers.
         extra = () if "--control-topic" in args else ("--control-topic", "", "--status-topic", "")
-        return run_proc("pvaflow.processors.cli", *args, *extra, name=name, env=env)
+        return run_proc("pvaflow.processors.cli", *args, *extra, name=name, env=env,
+                        pva_server=True)
     return factory
 
 
