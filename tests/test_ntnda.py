@@ -8,6 +8,7 @@ the converter cannot hide itself.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -454,3 +455,22 @@ def test_plain_dimensions_are_normalised_and_custom_ones_kept() -> None:
     dims = (Dimension(3, 1, 10, 2, True), Dimension(2, 0, 2, 1, False))
     custom = build_nt(Frame(np.zeros((2, 3), np.uint8), dimensions=dims))
     assert frame_from_ntnda(custom).dimensions == dims
+
+
+# pvapy copies the array's raw buffer and ignores numpy strides, so a strided view (a plugin's
+# a[:, ::2] or a[::2]) must be made contiguous first, and a big-endian one native.
+@pytest.mark.parametrize("view", [
+    lambda a: a[:, ::2],          # strided, but reshape(-1) can stay a (strided) view
+    lambda a: a[::2],             # every other row
+    lambda a: a.T,                # transposed: Fortran order
+    lambda a: a[1:, 1:3],         # a window
+    lambda a: a[::-1],            # negative strides
+    lambda a: a.astype(a.dtype.newbyteorder(">")),  # big-endian
+], ids=["cols-step-2", "rows-step-2", "transposed", "window", "reversed", "big-endian"])
+def test_non_contiguous_and_big_endian_arrays_keep_their_values(
+    view: Callable[[np.ndarray[Any, Any]], np.ndarray[Any, Any]]
+) -> None:
+    a = view(np.arange(48, dtype=np.uint16).reshape(6, 8))
+    got = frame_from_ntnda(ntnda_from_frame(Frame(a))).array
+    assert got.shape == a.shape
+    assert got.tolist() == a.tolist()
