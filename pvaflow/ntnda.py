@@ -76,7 +76,12 @@ def frame_from_ntnda(nt: Any, source: str = "") -> Frame:
 def ntnda_from_frame(frame: Frame) -> Any:
     """A new pvaccess.NtNdArray carrying the frame (pvapy copies the array in)."""
     nt = pva.NtNdArray()
-    flat = frame.array.reshape(-1)
+    # pvapy copies the raw buffer and ignores strides and byte order: hand it C-ordered,
+    # native-endian data (no copy when it already is)
+    array = np.ascontiguousarray(frame.array)
+    if array.dtype.byteorder == ">":
+        array = array.astype(array.dtype.newbyteorder("="))
+    flat = array.reshape(-1)
     if frame.codec is None:
         field = _FIELD_OF_DTYPE.get(flat.dtype.newbyteorder("="))
         if field is None:
