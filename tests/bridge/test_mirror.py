@@ -1,0 +1,66 @@
+"""pvaflow-mirror serves a topic over PVA; a PVA client gets exactly the source's frames."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pvaflow.broker import free_port
+
+from .conftest import BridgeProcess
+from .test_fidelity import CLIENT
+
+pytestmark = pytest.mark.integration
+FRAMES = 10
+
+
+def test_mirror_serves_the_source_frames(
+    sim_server: Callable[..., Any], bridge_process: Callable[..., BridgeProcess],
+    make_topic: Callable[..., str], kafka_bootstrap: str, tmp_path: Path,
+) -> None:
+    sim = sim_server(nx=32, ny=16, datatype="uint16", fps=20, total_frames=FRAMES,
+                     start_delay=8)
+    topic = make_topic(2)
+    channel = f"mirror:{uuid.uuid4().hex[:8]}"
+    port = free_port()
+    env = {**os.environ, "EPICS_PVAS_SERVER_PORT": str(port), "EPICS_PVA_SERVER_PORT": str(port)}
+    mirror_out = tmp_path / "mirror.out"
+    with open(mirror_out, "wb") as out:
+        mirror = subprocess.Popen(
+            [sys.executable, "-m", "pvaflow.bridge.mirror_cli", "--topic", topic,
+             "--output-channel", channel, "--offset", "earliest", "--report-period", "1",
+             "--bootstrap-servers", kafka_bootstrap], stdout=out, stderr=subprocess.STDOUT,
+            env=env, start_new_session=True)
+    try:
+        bridge = bridge_process("--input-channel", sim.channel, "--topic", topic,
+                                "--partitions", "2")
+        result = tmp_path / "frames.pkl"
+        client = subprocess.run(
+            [sys.executable, str(CLIENT), str(result), str(FRAMES), "45", sim.channel, channel],
+            env=dict(os.environ), timeout=90)
+        assert client.returncode == 0
+        bridge.final()
+    finally:
+        mirror.send_signal(signal.SIGINT)
+        code = mirror.wait(30)
+    assert code == 0, mirror_out.read_text()
+    got: dict[str, dict[int, Any]] = pickle.loads(result.read_bytes())
+    source, served = got[sim.channel], got[channel]
+    assert sorted(source) == list(range(1, FRAMES + 1))
+    assert sorted(served) == sorted(source), mirror_out.read_text()[-2000:]
+    for uid, a in source.items():
+        b = served[uid]
+        assert b.array.dtype == a.array.dtype and b.array.shape == a.array.shape
+        assert b.array.tobytes() == a.array.tobytes()
+        assert (b.timestamp, b.data_timestamp) == (a.timestamp, a.data_timestamp)
+        assert b.attributes == a.attributes and b.dims() == a.dims()
+    assert f'"served": {FRAMES}' in mirror_out.read_text()
