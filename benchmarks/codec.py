@@ -32,6 +32,7 @@ import argparse
 import json
 import logging
 import os
+import resource
 import subprocess
 import sys
 import time
@@ -171,13 +172,23 @@ def measure(sizes: list[str], methods: list[str], repeats: int, seconds: float) 
         ops = _operations(size)
         shape, dtype = SIZES[size]
         nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
-        out[size] = {"bytes": nbytes, "fps": {}}
+        out[size] = {"bytes": nbytes, "fps": {}, "faults": {}}
         for m in methods:
-            median_rate(ops[m], repeats=1, min_seconds=0.1)  # warm up
-            fps = median_rate(ops[m], repeats=repeats, min_seconds=seconds)
+            op = ops[m]
+            median_rate(op, repeats=1, min_seconds=0.1)  # warm up
+            count = [0]
+
+            def counted(op: Callable[[], int] = op, count: list[int] = count) -> int:
+                count[0] += 1
+                return op()
+
+            faults0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+            fps = median_rate(counted, repeats=repeats, min_seconds=seconds)
+            faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults0) / count[0]
             out[size]["fps"][m] = fps
-            print(f"  {size:>6} {m:<28} {fps:>12,.0f} fps {fps * nbytes / 1e9:7.2f} GB/s",
-                  file=sys.stderr, flush=True)
+            out[size]["faults"][m] = faults
+            print(f"  {size:>6} {m:<28} {fps:>12,.0f} fps {fps * nbytes / 1e9:7.2f} GB/s "
+                  f"{faults:9.1f} page faults/frame", file=sys.stderr, flush=True)
     return out
 
 
@@ -203,7 +214,9 @@ def run_setting(setting: str, sizes: list[str], methods: list[str], repeats: int
     for size in sizes:
         for method in methods:
             r = run_child(setting, size, method, repeats, seconds)[size]
-            out.setdefault(size, {"bytes": r["bytes"], "fps": {}})["fps"].update(r["fps"])
+            d = out.setdefault(size, {"bytes": r["bytes"], "fps": {}, "faults": {}})
+            d["fps"].update(r["fps"])
+            d["faults"].update(r["faults"])
     return out
 
 
@@ -283,7 +296,8 @@ def main(argv: list[str] | None = None) -> None:
             args.repeats, max(0.2, args.seconds * 2 / 3))
     elapsed = time.monotonic() - t0
 
-    rows = [[size, m, d["fps"][m], gbs(d, m)] for size, d in main_run.items() for m in METHODS]
+    rows = [[size, m, d["fps"][m], gbs(d, m), round(d["faults"][m], 1)]
+            for size, d in main_run.items() for m in METHODS]
     ratios = []
     for size, d in main_run.items():
         f = d["fps"]
@@ -305,6 +319,17 @@ def main(argv: list[str] | None = None) -> None:
     r8 = next(r for r in ratios if r[0] == "8 MiB")
     r16 = next(r for r in ratios if r[0] == "16 KiB")
     mm2 = malloc_runs["mmap every buffer >128 KiB"]["2 MiB"]
+    heap2 = malloc_runs["heap only, no trim"]["2 MiB"]["fps"]
+    heap_ratio = heap2["native encode+decode"] / heap2["ad00 serialise+deserialise"]
+    ad_faults = main_run["2 MiB"]["faults"]["ad00 serialise+deserialise"]
+    nat_faults = main_run["2 MiB"]["faults"]["native encode+decode"]
+    tuned_sentence = (
+        f"With malloc tuned for reuse (`heap only, no trim` below) ad00 reaches "
+        f"{heap2['ad00 serialise+deserialise']:,.0f} frames/s at 2 MiB and the ratio is "
+        f"{heap_ratio:.1f}x: what its extra copies alone cost. "
+        + ("The 10x target therefore holds against ad00 as shipped (glibc defaults), not "
+           "against an ad00 whose process has its malloc tuned."
+           if heap_ratio < 10 else "The 10x target holds in every malloc setting."))
 
     plot(main_run, malloc_runs, IMG / "codec.png")
     markdown = f"""
@@ -336,7 +361,10 @@ One iteration is:
 
 ![codec throughput](img/codec.png)
 
-{table(["frame", "method", "frames/s", "GB/s"], rows)}
+{table(["frame", "method", "frames/s", "GB/s", "page faults / frame"], rows)}
+
+A 2 MiB frame is 512 pages of 4 KiB: the page-fault column (minor faults per iteration,
+`getrusage`) shows who gets fresh memory from the kernel on every frame.
 
 Ratios (same run, side by side):
 
@@ -346,8 +374,10 @@ Ratios (same run, side by side):
 * **native / ad00 on 2 MiB frames: {r2[1]:.1f}x** (target >= 10x); 8 MiB: {r8[1]:.1f}x;
   16 KiB: {r16[1]:.1f}x. ad00's serialiser copies the pixels several times (`flatten()`,
   `tobytes()` inside `CreateNumpyVector`, into a FlatBuffers builder that grows by allocating
-  zeroed buffers of doubling size, then `builder.Output()` and `bytes(...)`), and each of those
-  fresh multi-MB buffers is page-faulted in.
+  zeroed buffers of doubling size, then `builder.Output()` and `bytes(...)`). With glibc's
+  default malloc those growing buffers also go back to the kernel after every frame and are
+  faulted in again: {ad_faults:,.0f} page faults per 2 MiB ad00 frame against
+  {nat_faults:.1f} for native. {tuned_sentence}
 * **native / copy (tobytes) on 2 MiB frames: {r2[2]:.2f}** (target >= 0.5); 8 MiB:
   {r8[2]:.2f}. Native encode+decode is one copy plus a fixed header cost (tens of
   microseconds of Python), so it approaches the copy as frames grow. At 16 KiB
