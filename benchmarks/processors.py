@@ -161,12 +161,14 @@ def _delete_topics(bootstrap: str, topics: list[str]) -> None:
 def memory_bound_mib(frame_bytes: int, batch: int, max_queue: int, base: float) -> float:
     """The documented bound: interpreter baseline + librdkafka prefetch
     (queued.max.messages.kbytes) + one fetch response (fetch.max.bytes) + the consumed batch
-    held in Python + the producer's undelivered frames (--max-queue-size)."""
-    from pvaflow.settings import CONSUMER_DEFAULTS
+    held in Python + the producer's undelivered frames (--max-queue-size frames, at most
+    queue.buffering.max.kbytes)."""
+    from pvaflow.settings import CONSUMER_DEFAULTS, PRODUCER_DEFAULTS
 
     prefetch = CONSUMER_DEFAULTS["queued.max.messages.kbytes"] * KiB
     fetch = CONSUMER_DEFAULTS["fetch.max.bytes"]
-    return base + (prefetch + fetch + (batch + max_queue) * frame_bytes) / MiB
+    produced = min(max_queue * frame_bytes, PRODUCER_DEFAULTS["queue.buffering.max.kbytes"] * KiB)
+    return base + (prefetch + fetch + batch * frame_bytes + produced) / MiB
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -175,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--quick", action="store_true", help="a tenth of the frames, no doc write")
     ap.add_argument("--batch", type=int, default=32)
-    ap.add_argument("--max-queue", type=int, default=100)
+    ap.add_argument("--max-queue", type=int, default=1000)
     ap.add_argument("--child")
     ap.add_argument("--topic")
     ap.add_argument("--out")
@@ -267,7 +269,8 @@ runner's extra work per frame is decoding the record into a `Frame` (header pars
 8 us), re-encoding the output (about 2.5 us), delivery tracking and statistics.
 
 The RSS bound is documented in docs/plugins.md ("Memory"): interpreter baseline +
-`queued.max.messages.kbytes` + `fetch.max.bytes` + (batch + `--max-queue-size`) x frame size.
+`queued.max.messages.kbytes` + `fetch.max.bytes` + batch x frame size +
+min(`--max-queue-size` x frame size, `queue.buffering.max.kbytes`).
 
 ![processors](img/processors.png)
 """

@@ -49,9 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--exactly-once", action="store_true",
                    help="Kafka transactions: each output is visible to read_committed readers "
                    "exactly once")
-    g.add_argument("--max-queue-size", type=int, default=100, metavar="N",
-                   help="frames produced but not yet delivered before consuming pauses; "
-                   "bounds memory (default: 100)")
+    g.add_argument("--max-queue-size", type=int, default=1000, metavar="N",
+                   help="frames produced but not yet delivered before consuming pauses; with "
+                   "the producer's queue.buffering.max.kbytes it bounds memory (default: 1000)")
     g.add_argument("--batch-size", type=int, default=32,
                    help="records per consume() call (default: 32, at most --max-queue-size)")
     g.add_argument("--commit-interval", type=float, default=0.2, metavar="SECONDS",

@@ -51,7 +51,7 @@ class RunnerConfig:
     bootstrap: str | None = None
     overrides: list[tuple[str, str]] = field(default_factory=list)
     exactly_once: bool = False
-    max_queue_size: int = 100
+    max_queue_size: int = 1000
     batch_size: int = 32
     commit_interval: float = 0.2
     runtime: float = 0.0
@@ -154,8 +154,8 @@ class Runner:
             if msgs:
                 self._handle(msgs)
             producer.poll(0)
-            while len(producer) > cfg.max_queue_size:  # backpressure: bounded memory
-                producer.poll(0.01)
+            while len(producer) > cfg.max_queue_size and not self.stop_event.is_set():
+                producer.poll(0.01)  # backpressure: bounded memory (stop still works)
             now = time.monotonic()
             if now >= next_commit:
                 next_commit = now + cfg.commit_interval
@@ -271,6 +271,9 @@ class Runner:
                 return
             except BufferError:  # librdkafka's queue is full: serve deliveries and retry
                 self.producer.poll(0.05)
+                self.bus.run_pending(self.execute)  # a stop command must still get through
+                if self.stop_event.is_set():  # broker unreachable: leave it uncommitted
+                    raise DeliveryFailed("stopped while the producer buffer was full") from None
 
     def _dead_letter(self, msg: Message, stage: str, exc: BaseException, rec: Any) -> None:
         reason = getattr(exc, "reason", None) or f"{type(exc).__name__}: {exc}"

@@ -192,3 +192,35 @@ def test_codec_encoded_output_keeps_key_as_unique_id(
     for r in got:
         key, _value, _headers = encode(make_frames(1, (2, 2), first_id=r.uid)[0])
         assert key == r.uid.to_bytes(8, "big") and r.proc == "gk/4"
+
+
+def test_prometheus_metrics_count_frames_and_latency(
+        kafka_bootstrap: str, make_topic: Callable[..., str],
+        consumer: Callable[..., Proc]) -> None:
+    import urllib.request
+
+    from .conftest import free_port
+
+    src, out = make_topic(), make_topic(suffix="out")
+    feed(kafka_bootstrap, src, make_frames(12, (4, 4)))
+    port = free_port()
+    c = consumer("--input-topic", src, "--output-topic", out, "--processor", "rotate",
+                 "--group", "gm", "--metrics-port", str(port), "--runtime", "60")
+    read_topic(kafka_bootstrap, out, count=12, timeout=60)
+
+    def scrape() -> str:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+                return str(r.read().decode())
+        except OSError:
+            return ""
+
+    labels = f'component="consumer",consumer_id="1",group="gm",topic="{src}"'
+    text = wait_for(lambda: (t := scrape()) and
+                    f"pvaflow_frames_processed_total{{{labels}}} 12.0" in t and t, 30,
+                    "12 processed frames on /metrics")
+    c.stop()
+    assert f"pvaflow_frames_out_total{{{labels}}} 12.0" in text
+    assert f"pvaflow_processing_latency_seconds_count{{{labels}}} 12.0" in text
+    assert f"pvaflow_sequence_gaps_total{{{labels}}} 0.0" in text
+    assert "pvaflow_end_to_end_latency_seconds_bucket" in text
