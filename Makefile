@@ -1,0 +1,45 @@
+# pvaflow developer entry points. `make test` is what CI runs (.ci/run).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# Re-install when the project metadata changes (new dependency, new entry point).
+STAMP := $(VENV)/.pvaflow-installed
+LINT_PATHS := pvaflow bridge processors collectors tests benchmarks
+TYPE_PATHS := pvaflow bridge processors collectors
+PYTEST_ARGS ?=
+BROKER_ARGS ?=
+
+.PHONY: help venv lint test demo broker clean
+
+help:
+	@echo "make venv    create $(VENV) (if missing) and pip install -e '.[dev]'"
+	@echo "make lint    ruff + mypy"
+	@echo "make test    lint, then pytest (real Kafka broker + PVA sim servers; PYTEST_ARGS=...)"
+	@echo "make demo    run the end-to-end demo (python -m pvaflow.demo)"
+	@echo "make broker  run a local Kafka broker in the foreground (BROKER_ARGS='--port 0')"
+	@echo "make clean   remove caches and build artifacts (keeps $(VENV))"
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -e '.[dev]'
+	@touch $@
+
+lint: venv
+	$(BIN)/ruff check $(LINT_PATHS)
+	$(BIN)/mypy $(TYPE_PATHS)
+
+test: lint
+	$(BIN)/pytest -q $(PYTEST_ARGS)
+
+demo: venv
+	$(BIN)/python -m pvaflow.demo
+
+broker: venv
+	$(BIN)/python -m pvaflow.broker run $(BROKER_ARGS)
+
+clean:
+	rm -rf build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	find . -path ./$(VENV) -prune -o -type d -name __pycache__ -exec rm -rf {} +

@@ -1,0 +1,474 @@
+"""Shared fixtures: a real Kafka broker, unique topics, and real PVA area-detector servers.
+
+Nothing here is a mock: ``kafka_bootstrap`` is a real Apache Kafka broker (pvaflow.broker, or
+``$PVAFLOW_BOOTSTRAP``), ``sim_server`` runs pvapy's ``pvapy-ad-sim-server``. Tests that use
+any of these fixtures are marked ``integration`` automatically (``-m "not integration"`` skips
+them). Everything listens on 127.0.0.1 only, and every process started here is killed by pid
+at teardown (and dies with the test process if that is killed).
+
+Fixtures (see each docstring):
+
+* ``kafka_bootstrap`` (session) -> ``"host:port"``
+* ``broker`` (session) -> the session's ``LocalBroker`` (skips with an external bootstrap)
+* ``private_broker`` -> factory ``(**LocalBroker kwargs) -> LocalBroker`` for stop/start tests
+* ``exclusive_kafka`` -> stops the shared broker during the test (for tests running their own)
+* ``kafka_admin`` -> ``AdminClient`` on ``kafka_bootstrap``
+* ``make_topic`` -> factory ``(partitions=1, *, suffix="", name=None, config=None) -> str``
+* ``topic`` -> one fresh single-partition topic name
+* ``pva_env`` (session) -> the loopback EPICS client environment (also put in os.environ)
+* ``sim_server`` -> factory ``(**options) -> SimServer``
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pvaflow.broker import LocalBroker, free_port
+
+REPO = Path(__file__).resolve().parent.parent
+
+# Fixtures whose users need real servers; such tests get the ``integration`` marker.
+INTEGRATION_FIXTURES = frozenset({
+    "kafka_bootstrap", "broker", "private_broker", "exclusive_kafka", "kafka_admin",
+    "make_topic", "topic", "sim_server",
+})
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "integration: needs the real Kafka broker and/or PVA sim server")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark every test that uses a real-server fixture as ``integration``, so a forgotten
+    marker cannot make ``-m "not integration"`` start a broker."""
+    for item in items:
+        names = set(getattr(item, "fixturenames", ()))
+        if names & INTEGRATION_FIXTURES and item.get_closest_marker("integration") is None:
+            item.add_marker(pytest.mark.integration)
+
+
+def _die_with_parent() -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: no orphans if pytest is killed
+
+
+def _slug(text: str, limit: int = 80) -> str:
+    return re.sub(r"[^A-Za-z0-9-]+", "-", text).strip("-")[:limit].strip("-") or "x"
+
+
+# ------------------------------------------------------------------------------------------
+# Kafka
+
+
+class _SessionBroker:
+    """Lazily started shared broker. ``suspended()`` stops it (data and port kept) while a
+    test runs its own private broker, so at most one JVM runs at a time on small machines."""
+
+    def __init__(self, factory: pytest.TempPathFactory) -> None:
+        self.external = os.environ.get("PVAFLOW_BOOTSTRAP") or None
+        self._factory = factory
+        self.broker: LocalBroker | None = None
+
+    def ensure(self) -> LocalBroker:
+        if self.broker is None:
+            data = self._factory.mktemp("kafka-session")
+            self.broker = LocalBroker(data, die_with_parent=True)
+        if not self.broker.is_running():
+            self.broker.start()
+        return self.broker
+
+    @contextlib.contextmanager
+    def suspended(self) -> Iterator[list[int]]:
+        """Yields ports a private broker must not take (the shared broker's)."""
+        b = self.broker
+        if b is None or not b.is_running():
+            yield [] if b is None else [b.port, b.controller_port]
+            return
+        b.stop()
+        try:
+            yield [b.port, b.controller_port]
+        finally:
+            b.start()
+
+    def close(self) -> None:
+        if self.broker is not None:
+            self.broker.stop()
+            # Keep the logs for post-mortems, drop the (possibly large) topic data.
+            shutil.rmtree(self.broker.kraft_dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def _session_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[_SessionBroker]:
+    holder = _SessionBroker(tmp_path_factory)
+    try:
+        yield holder
+    finally:
+        holder.close()
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(_session_broker: _SessionBroker) -> str:
+    """``bootstrap.servers`` of a real broker: ``$PVAFLOW_BOOTSTRAP`` if set, else a
+    LocalBroker started on first use (free port, temp data dir) and stopped after the run."""
+    if _session_broker.external:
+        return _session_broker.external
+    return _session_broker.ensure().bootstrap
+
+
+@pytest.fixture(scope="session")
+def broker(_session_broker: _SessionBroker, kafka_bootstrap: str) -> LocalBroker:
+    """The session's LocalBroker (for its logs, pid, data dir). Do not stop it: tests that
+    need an outage use ``private_broker``. Skips when ``$PVAFLOW_BOOTSTRAP`` is set."""
+    if _session_broker.external or _session_broker.broker is None:
+        pytest.skip(f"PVAFLOW_BOOTSTRAP={_session_broker.external} is external: no "
+                    "LocalBroker object (tests that stop/start Kafka use private_broker)")
+    return _session_broker.broker
+
+
+@pytest.fixture
+def private_broker(
+    _session_broker: _SessionBroker, tmp_path: Path,
+) -> Iterator[Callable[..., LocalBroker]]:
+    """Factory for brokers a test owns: ``private_broker(**LocalBroker_kwargs)`` returns a
+    started LocalBroker (data in tmp_path) that the test may stop/start/kill/pause at will.
+
+    While it exists the shared session broker is stopped and restarted afterwards (only one
+    JVM at a time); with ``$PVAFLOW_BOOTSTRAP`` the external broker is left alone.
+    """
+    created: list[LocalBroker] = []
+    shared_ports: list[int] = []
+    with contextlib.ExitStack() as stack:
+        def factory(**kwargs: Any) -> LocalBroker:
+            if not created:
+                shared_ports.extend(stack.enter_context(_session_broker.suspended()))
+            reserved = shared_ports + [p for b in created for p in (b.port, b.controller_port)]
+            kwargs.setdefault("data_dir", tmp_path / f"kafka-{len(created)}")
+            kwargs.setdefault("die_with_parent", True)
+            if kwargs.get("port") is None:
+                kwargs["port"] = free_port(exclude=reserved)
+            if kwargs.get("controller_port") is None:
+                kwargs["controller_port"] = free_port(exclude=[*reserved, kwargs["port"]])
+            b = LocalBroker(**kwargs)
+            created.append(b)
+            return b.start()
+
+        try:
+            yield factory
+        finally:
+            for b in reversed(created):
+                b.stop()
+
+
+@pytest.fixture
+def exclusive_kafka(_session_broker: _SessionBroker) -> Iterator[list[int]]:
+    """Stop the shared session broker for this test (restarted after it), for tests that
+    run Kafka some other way (e.g. the ``pvaflow-broker`` CLI). Yields its reserved ports."""
+    with _session_broker.suspended() as ports:
+        yield ports
+
+
+@pytest.fixture
+def kafka_admin(kafka_bootstrap: str) -> Any:
+    """A confluent-kafka AdminClient on ``kafka_bootstrap`` (per test, so no idle client
+    keeps reconnecting while another test has the shared broker stopped)."""
+    from confluent_kafka.admin import AdminClient
+
+    return AdminClient({"bootstrap.servers": kafka_bootstrap})
+
+
+def _wait_for_leaders(admin: Any, name: str, partitions: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        md = admin.list_topics(topic=name, timeout=5).topics.get(name)
+        if (md is not None and md.error is None and len(md.partitions) == partitions
+                and all(p.leader >= 0 for p in md.partitions.values())):
+            return
+        time.sleep(0.1)
+    raise TimeoutError(f"topic {name}: partitions have no leader after {timeout} s")
+
+
+@pytest.fixture
+def make_topic(request: pytest.FixtureRequest, kafka_admin: Any) -> Iterator[Callable[..., str]]:
+    """Factory creating fresh topics, deleted (best effort) after the test.
+
+    ``make_topic(partitions=1, *, suffix="", name=None, config=None, timeout=30.0) -> str``;
+    names are ``t-<test-name>[-<suffix>]-<uuid8>`` unless ``name`` is given. Returns once
+    every partition has a leader, so producing right away works.
+    """
+    from confluent_kafka.admin import NewTopic
+
+    created: list[str] = []
+
+    def factory(
+        partitions: int = 1, *, suffix: str = "", name: str | None = None,
+        config: Mapping[str, str] | None = None, timeout: float = 30.0,
+    ) -> str:
+        if name is None:
+            parts = [_slug(request.node.name), _slug(suffix, 40) if suffix else ""]
+            name = "t-" + "-".join(p for p in parts if p) + "-" + uuid.uuid4().hex[:8]
+        futures = kafka_admin.create_topics(
+            [NewTopic(name, num_partitions=partitions, replication_factor=1,
+                      config=dict(config or {}))],
+            operation_timeout=timeout, request_timeout=timeout)
+        futures[name].result(timeout)
+        created.append(name)
+        _wait_for_leaders(kafka_admin, name, partitions, timeout)
+        return name
+
+    yield factory
+    if created:
+        with contextlib.suppress(Exception):
+            for f in kafka_admin.delete_topics(created, operation_timeout=10).values():
+                with contextlib.suppress(Exception):
+                    f.result(15)
+
+
+@pytest.fixture
+def topic(make_topic: Callable[..., str]) -> str:
+    """A fresh single-partition topic name (see ``make_topic``)."""
+    return make_topic()
+
+
+# ------------------------------------------------------------------------------------------
+# PVA
+
+
+def _free_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="session", autouse=True)
+def pva_env() -> Iterator[dict[str, str]]:
+    """EPICS pvAccess settings confining clients and servers to loopback, with one search
+    (UDP) port for the whole session; also applied to ``os.environ`` for the session.
+
+    Why session-wide and in os.environ: pvapy reads these variables once, when the first
+    channel of the process is created, so an in-process client can only ever use one search
+    port. Every sim server answers searches on that shared port (several at once work: pvAccess
+    forwards unicast searches among the servers of one host) and has its own TCP port.
+    Subprocesses inherit the settings, so components started by tests find the servers too.
+    """
+    udp = _free_udp_port()
+    env = {
+        "EPICS_PVA_ADDR_LIST": "127.0.0.1",
+        "EPICS_PVA_AUTO_ADDR_LIST": "NO",
+        "EPICS_PVA_BROADCAST_PORT": str(udp),
+        "EPICS_PVAS_BROADCAST_PORT": str(udp),
+        "EPICS_PVAS_INTF_ADDR_LIST": "127.0.0.1",
+        "EPICS_PVAS_AUTO_BEACON_ADDR_LIST": "NO",
+        "EPICS_PVAS_BEACON_ADDR_LIST": "127.0.0.1",
+    }
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        yield dict(env)
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def tcp_listening(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether some socket listens on host:port (IPv4), without connecting to it."""
+    want = f"{socket.htonl(int.from_bytes(socket.inet_aton(host), 'big')):08X}:{port:04X}"
+    any_addr = f"00000000:{port:04X}"
+    try:
+        lines = Path("/proc/net/tcp").read_text().splitlines()[1:]
+    except OSError:
+        return False
+    for line in lines:
+        fields = line.split()
+        if len(fields) > 3 and fields[3] == "0A" and fields[1] in (want, any_addr):
+            return True
+    return False
+
+
+def _sim_server_exe() -> str:
+    exe = Path(sys.executable).parent / "pvapy-ad-sim-server"
+    if exe.exists():
+        return str(exe)
+    found = shutil.which("pvapy-ad-sim-server")
+    if found is None:
+        pytest.fail("pvapy-ad-sim-server not found next to sys.executable or on PATH")
+    return found
+
+
+class SimServer:
+    """One ``pvapy-ad-sim-server`` process serving random NTNDArray frames on loopback.
+
+    ``channel``: PV name. ``env``: EPICS client settings to run a client with (a copy of the
+    session ``pva_env``; already in os.environ). ``server_env``: what the server itself runs
+    with (adds its TCP port). ``port``: its TCP port. ``log_path``: its stdout/stderr.
+    Frames are numbered uniqueId 1, 2, ... from each (re)start.
+    """
+
+    def __init__(
+        self, args: Sequence[str], channel: str, env: Mapping[str, str], log_path: Path,
+        ready_timeout: float,
+    ) -> None:
+        self.args = list(args)
+        self.channel = channel
+        self.env = dict(env)
+        self.log_path = log_path
+        self.ready_timeout = ready_timeout
+        self.port = 0
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def server_env(self) -> dict[str, str]:
+        return {**self.env, "EPICS_PVA_SERVER_PORT": str(self.port),
+                "EPICS_PVAS_SERVER_PORT": str(self.port)}
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc is not None else None
+
+    def is_running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def start(self) -> SimServer:
+        """Start on a fresh TCP port and wait until it accepts connections.
+
+        A fresh port on every start because a killed server leaves its old port in
+        TIME_WAIT and pvAccess would then silently fall back to a random port."""
+        if self.is_running():
+            return self
+        self.port = free_port()
+        with open(self.log_path, "ab") as log:
+            log.write(f"=== start {time.ctime()} port {self.port}: {' '.join(self.args)}\n"
+                      .encode())
+            log.flush()
+            self.proc = subprocess.Popen(
+                self.args, env={**os.environ, **self.server_env}, stdin=subprocess.DEVNULL,
+                stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                preexec_fn=_die_with_parent,
+            )
+        deadline = time.monotonic() + self.ready_timeout
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"sim server exited (code {self.proc.returncode}):\n"
+                                   f"{self.log_text()[-3000:]}")
+            if self.listening():
+                return self
+            if time.monotonic() > deadline:
+                self.stop()
+                raise TimeoutError(f"sim server not listening on {self.port} after "
+                                   f"{self.ready_timeout} s:\n{self.log_text()[-3000:]}")
+            time.sleep(0.05)
+
+    def listening(self) -> bool:
+        """Whether the TCP port is in LISTEN state, read from /proc/net/tcp.
+
+        Never probe a pvAccess server by connecting to it: with pvapy 5.6 a bare TCP
+        connect-and-close wedges the server, and later clients time out forever."""
+        return tcp_listening(self.port)
+
+    def stop(self, timeout: float = 5.0) -> int | None:
+        """SIGTERM the server's process group, SIGKILL after ``timeout``; returns exit code."""
+        proc = self.proc
+        if proc is None:
+            return None
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(10)
+        return proc.returncode
+
+    def restart(self) -> SimServer:
+        """Stop and start again: same channel and search port, new TCP port, uniqueIds
+        restart at 1 (what a real IOC restart looks like to a client)."""
+        self.stop()
+        return self.start()
+
+    def apply_env(self, monkeypatch: pytest.MonkeyPatch | None = None) -> None:
+        """Put the client settings into os.environ (for in-process pvapy clients; must
+        happen before the process creates its first channel; ``pva_env`` already did)."""
+        for k, v in self.env.items():
+            if monkeypatch is not None:
+                monkeypatch.setenv(k, v)
+            else:
+                os.environ[k] = v
+
+    def log_text(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def __repr__(self) -> str:
+        return f"SimServer({self.channel!r}, port={self.port}, pid={self.pid})"
+
+
+@pytest.fixture
+def sim_server(
+    request: pytest.FixtureRequest, tmp_path: Path, pva_env: dict[str, str],
+) -> Iterator[Callable[..., SimServer]]:
+    """Factory starting ``pvapy-ad-sim-server`` processes; all are killed at teardown.
+
+    ``sim_server(*, channel=None, nx=64, ny=64, datatype="uint8", fps=10.0, runtime=3600.0,
+    n_frames=10, total_frames=None, start_delay=0.0, report_period=0, color_mode=0,
+    extra_args=(), ready_timeout=30.0) -> SimServer``
+
+    ``n_frames`` distinct random frames are generated up front and published round-robin
+    (forever, until ``runtime``). ``total_frames=N`` instead publishes exactly N frames and
+    the server exits (N frames are held in memory). ``start_delay`` is the pause before the
+    first frame (pvapy's default of 10 s is overridden to 0). The channel name defaults to a
+    unique ``sim:<test>:<uuid6>``.
+    """
+    servers: list[SimServer] = []
+    exe = _sim_server_exe()
+
+    def factory(
+        *, channel: str | None = None, nx: int = 64, ny: int = 64, datatype: str = "uint8",
+        fps: float = 10.0, runtime: float = 3600.0, n_frames: int = 10,
+        total_frames: int | None = None, start_delay: float = 0.0, report_period: int = 0,
+        color_mode: int = 0, extra_args: Sequence[str] = (), ready_timeout: float = 30.0,
+    ) -> SimServer:
+        if channel is None:
+            channel = f"sim:{_slug(request.node.name, 40)}:{uuid.uuid4().hex[:6]}"
+        args = [exe, "-cn", channel, "-nx", str(nx), "-ny", str(ny), "-dt", datatype,
+                "-fps", str(fps), "-rt", str(runtime), "-std", str(start_delay),
+                "-shd", "0", "-rp", str(report_period), "-cm", str(color_mode), "-dc"]
+        if total_frames is not None:
+            if total_frames < 2:
+                raise ValueError("total_frames must be >= 2")
+            # A cache smaller than the frame count makes pvapy stream each frame once, then exit.
+            args += ["-nf", str(total_frames), "-cs", str(total_frames - 1)]
+        else:
+            args += ["-nf", str(n_frames)]
+        args += list(extra_args)
+        log = tmp_path / f"sim-{_slug(channel, 60)}.log"
+        server = SimServer(args, channel, pva_env, log, ready_timeout)
+        servers.append(server)
+        return server.start()
+
+    try:
+        yield factory
+    finally:
+        for s in servers:
+            s.stop()
