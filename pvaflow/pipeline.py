@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import signal
 import subprocess
 import sys
@@ -126,12 +125,30 @@ def load(path: str | Path) -> list[Component]:
     return components(spec)
 
 
+Running = list[tuple[Component, "subprocess.Popen[bytes]"]]
+
+
+def start(parts: Sequence[Component], log_dir: Path | None = None) -> Running:
+    """Start every component (in the given order) as a child process; with ``log_dir`` each
+    one's output goes to ``<log_dir>/<name>.log`` instead of this terminal."""
+    procs: Running = []
+    for part in parts:
+        log.info("starting %s: %s %s", part.name, part.module, " ".join(part.args))
+        out = None
+        if log_dir is not None:
+            log_dir.mkdir(parents=True, exist_ok=True)
+            out = open(log_dir / f"{part.name}.log", "wb")  # noqa: SIM115 - child owns it
+        procs.append((part, subprocess.Popen(part.command(), stdout=out, stderr=out)))
+        if out is not None:
+            out.close()
+    return procs
+
+
 def run(parts: Sequence[Component], runtime: float = 0.0, grace: float = 20.0) -> int:
-    """Start every component; stop all when one fails, on SIGINT/SIGTERM, or after runtime.
+    """Start every component; stop all when one exits, on SIGINT/SIGTERM, or after runtime.
 
     Returns 0 when every component exited cleanly, else the first non-zero exit code.
     """
-    procs: list[tuple[Component, subprocess.Popen[bytes]]] = []
     stopping = False
 
     def request_stop(signum: int, _frame: Any) -> None:
@@ -139,23 +156,24 @@ def run(parts: Sequence[Component], runtime: float = 0.0, grace: float = 20.0) -
         stopping = True
 
     old = {s: signal.signal(s, request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    procs: Running = []
     try:
-        for part in parts:
-            log.info("starting %s: %s %s", part.name, part.module, " ".join(part.args))
-            procs.append((part, subprocess.Popen(part.command(), env=os.environ.copy())))
+        procs = start(parts)
         deadline = time.monotonic() + runtime if runtime > 0 else float("inf")
         while not stopping and time.monotonic() < deadline:
             if any(p.poll() is not None for _, p in procs):
                 break
             time.sleep(0.2)
-        return _stop_all(procs, grace)
     finally:
+        code = stop_all(procs, grace)
         for s, handler in old.items():
             signal.signal(s, handler)
+    return code
 
 
-def _stop_all(procs: list[tuple[Component, subprocess.Popen[bytes]]], grace: float) -> int:
-    # Stop the source first so downstream components can drain what is in flight.
+def stop_all(procs: Running, grace: float = 20.0) -> int:
+    """SIGTERM in reverse start order (the source first, so downstream can drain what is in
+    flight), SIGKILL after ``grace``; returns the first failure's exit code or 0."""
     for _part, p in reversed(procs):
         if p.poll() is None:
             p.send_signal(signal.SIGTERM)

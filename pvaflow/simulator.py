@@ -1,0 +1,183 @@
+"""pvapy's ``pvapy-ad-sim-server`` on loopback: the PVA source of the demo, tests and benchmarks.
+
+Everything listens on 127.0.0.1; the EPICS search settings are applied process-wide once
+because pvapy reads them when the process creates its first channel.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from .broker import _die_with_parent as die_with_parent
+from .broker import free_port
+
+
+def free_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def loopback_env(search_port: int | None = None) -> dict[str, str]:
+    """EPICS settings confining pvAccess clients and servers to 127.0.0.1."""
+    udp = str(search_port or free_udp_port())
+    return {
+        "EPICS_PVA_ADDR_LIST": "127.0.0.1",
+        "EPICS_PVA_AUTO_ADDR_LIST": "NO",
+        "EPICS_PVA_BROADCAST_PORT": udp,
+        "EPICS_PVAS_BROADCAST_PORT": udp,
+        "EPICS_PVAS_INTF_ADDR_LIST": "127.0.0.1",
+        "EPICS_PVAS_AUTO_BEACON_ADDR_LIST": "NO",
+        "EPICS_PVAS_BEACON_ADDR_LIST": "127.0.0.1",
+    }
+
+
+def tcp_listening(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether some socket listens on host:port (IPv4), read from /proc/net/tcp.
+
+    Never probe a pvAccess server by connecting to it: with pvapy 5.6 a bare TCP
+    connect-and-close wedges the server, and later clients time out forever."""
+    want = f"{socket.htonl(int.from_bytes(socket.inet_aton(host), 'big')):08X}:{port:04X}"
+    any_addr = f"00000000:{port:04X}"
+    try:
+        lines = Path("/proc/net/tcp").read_text().splitlines()[1:]
+    except OSError:
+        return False
+    for line in lines:
+        fields = line.split()
+        if len(fields) > 3 and fields[3] == "0A" and fields[1] in (want, any_addr):
+            return True
+    return False
+
+
+def sim_server_exe() -> str:
+    exe = Path(sys.executable).parent / "pvapy-ad-sim-server"
+    if exe.exists():
+        return str(exe)
+    found = shutil.which("pvapy-ad-sim-server")
+    if found is None:
+        raise FileNotFoundError("pvapy-ad-sim-server not found next to python or on PATH")
+    return found
+
+
+def sim_args(
+    channel: str, *, nx: int = 64, ny: int = 64, datatype: str = "uint8", fps: float = 10.0,
+    runtime: float = 3600.0, n_frames: int = 10, total_frames: int | None = None,
+    start_delay: float = 0.0, report_period: int = 0, color_mode: int = 0,
+    extra_args: Sequence[str] = (),
+) -> list[str]:
+    """Command line for the sim server. ``n_frames`` distinct frames are published
+    round-robin until ``runtime``; ``total_frames=N`` publishes exactly N, then exits."""
+    args = [sim_server_exe(), "-cn", channel, "-nx", str(nx), "-ny", str(ny), "-dt", datatype,
+            "-fps", str(fps), "-rt", str(runtime), "-std", str(start_delay), "-shd", "0",
+            "-rp", str(report_period), "-cm", str(color_mode), "-dc"]
+    if total_frames is not None:
+        if total_frames < 2:
+            raise ValueError("total_frames must be >= 2")
+        # A cache smaller than the frame count makes pvapy stream each frame once, then exit.
+        args += ["-nf", str(total_frames), "-cs", str(total_frames - 1)]
+    else:
+        args += ["-nf", str(n_frames)]
+    return args + list(extra_args)
+
+
+class SimServer:
+    """One ``pvapy-ad-sim-server`` process serving NTNDArray frames on loopback.
+
+    ``env``: the EPICS client settings to run clients with; ``server_env`` adds the server's
+    own TCP port. Frames are numbered uniqueId 1, 2, ... from each (re)start.
+    """
+
+    def __init__(
+        self, args: Sequence[str], channel: str, env: Mapping[str, str], log_path: Path,
+        ready_timeout: float = 30.0,
+    ) -> None:
+        self.args = list(args)
+        self.channel = channel
+        self.env = dict(env)
+        self.log_path = log_path
+        self.ready_timeout = ready_timeout
+        self.port = 0
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def server_env(self) -> dict[str, str]:
+        return {**self.env, "EPICS_PVA_SERVER_PORT": str(self.port),
+                "EPICS_PVAS_SERVER_PORT": str(self.port)}
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc is not None else None
+
+    def is_running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def start(self) -> SimServer:
+        """Start on a fresh TCP port and wait until it listens.
+
+        A fresh port on every start because a killed server leaves its old port in
+        TIME_WAIT and pvAccess would then silently fall back to a random port."""
+        if self.is_running():
+            return self
+        self.port = free_port()
+        with open(self.log_path, "ab") as log:
+            log.write(f"=== start {time.ctime()} port {self.port}: {' '.join(self.args)}\n"
+                      .encode())
+            log.flush()
+            self.proc = subprocess.Popen(
+                self.args, env={**os.environ, **self.server_env}, stdin=subprocess.DEVNULL,
+                stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                preexec_fn=die_with_parent,
+            )
+        deadline = time.monotonic() + self.ready_timeout
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"sim server exited (code {self.proc.returncode}):\n"
+                                   f"{self.log_text()[-3000:]}")
+            if tcp_listening(self.port):
+                return self
+            if time.monotonic() > deadline:
+                self.stop()
+                raise TimeoutError(f"sim server not listening on {self.port} after "
+                                   f"{self.ready_timeout} s:\n{self.log_text()[-3000:]}")
+            time.sleep(0.05)
+
+    def stop(self, timeout: float = 5.0) -> int | None:
+        """SIGTERM the server's process group, SIGKILL after ``timeout``; returns exit code."""
+        proc = self.proc
+        if proc is None:
+            return None
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(10)
+        return proc.returncode
+
+    def restart(self) -> SimServer:
+        """Stop and start again: same channel and search port, new TCP port, uniqueIds
+        restart at 1 (what a real IOC restart looks like to a client)."""
+        self.stop()
+        return self.start()
+
+    def log_text(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def __repr__(self) -> str:
+        return f"SimServer({self.channel!r}, port={self.port}, pid={self.pid})"
