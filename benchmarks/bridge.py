@@ -204,7 +204,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--receiver-queue-size", type=int, default=-1,
                     help="client queue for both tools (default: -1, none)")
     ap.add_argument("--quick", action="store_true", help="two rates per case (smoke run)")
+    ap.add_argument("--render", action="store_true",
+                    help="only rewrite the doc section and plot from the last results JSON")
     args = ap.parse_args(argv)
+    if args.render:
+        from benchmarks.report import RESULTS
+
+        _write(json.loads((RESULTS / "bridge.json").read_text()))
+        return 0
     with ExitStack() as stack:
         bootstrap = os.environ.get("PVAFLOW_BOOTSTRAP")
         broker_pid = None
@@ -279,6 +286,17 @@ rate tried) against a bare confluent-kafka producer loop writing payloads of the
 the same producer settings:
 
 {table(["frames", "bare producer", "bridge", "ratio"], rows_b)}
+
+Reading the numbers: both tools pass every small-frame rate up to the top of the sweep, where
+`pvapy-ad-sim-server` itself saturates (it publishes a little under the requested rate there),
+so ratio (a) for 128x128 is a lower bound; the small-frame MB/s of the bridge is likewise capped
+by the sim rate (7000 x 16 KiB), not by the bridge. For 2 MiB frames the limit is Kafka: a bare
+producer gets only ~100-220 MB/s (50-100 fps of 2 MiB; it varies run to run on this shared
+machine) into a broker on the same 2 cores, while `pvapy-hpc-consumer` only has to receive.
+The bridge keeps up with what the broker accepts (ratio (b) ~1 or above, within the noise of
+separate measurements), but no PVA-to-Kafka tool can sustain 400+ fps of 2 MiB frames here, so
+target (a) >= 0.9 is not met for 2 MiB frames on this machine; on a machine where the broker
+has its own cores and disks the same measurement should be repeated.
 
 CPU per process (% of one core) during publishing, at the highest zero-loss rate:
 
