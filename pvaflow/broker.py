@@ -71,6 +71,7 @@ MAX_MESSAGE_BYTES = 32 * 1024 * 1024
 _MARKER = "resolved.json"
 _STATE = "broker.json"
 _VERSION_RE = re.compile(r"^\d+\.\d+(\.\d+)?([.-][A-Za-z0-9]+)*$")
+_ANSI_RE = re.compile(r"\x1b\[[0-9;]*m")  # Maven colours its output even with -B
 
 
 class BrokerError(RuntimeError):
@@ -190,14 +191,15 @@ def fetch_kafka(
         scratch = Path(tempfile.mkdtemp(prefix="libs.partial-", dir=home))
         cmd = [
             mvn, "-B", "-q", "-f", str(pom), "dependency:copy-dependencies",
-            f"-DoutputDirectory={scratch}", "-DincludeScope=runtime", *_maven_extra_args(),
+            f"-DoutputDirectory={scratch}", "-DincludeScope=runtime", "-Dstyle.color=never",
+            *_maven_extra_args(),
         ]
         try:
             proc = subprocess.run(
                 cmd, capture_output=True, text=True, timeout=timeout, check=False,
             )
             if proc.returncode != 0 or not any(scratch.glob("kafka_2.13-*.jar")):
-                out = _tail_text(proc.stdout + proc.stderr, 30)
+                out = _tail_text(_ANSI_RE.sub("", proc.stdout + proc.stderr), 30)
                 raise BrokerError(
                     f"Maven could not resolve Kafka {version} (exit {proc.returncode}):\n"
                     f"  {shlex.join(cmd)}\n{out}"
@@ -341,6 +343,10 @@ class LocalBroker:
     broker outage; ``kill()`` simulates a crash; ``pause()``/``resume()`` (SIGSTOP/SIGCONT)
     simulate a hung broker whose connections stay open. With ``data_dir=None`` a temporary
     directory is used and removed by ``close()``/``__exit__``.
+
+    ``die_with_parent=True`` makes the kernel kill the JVM when the starting *thread* exits
+    (PR_SET_PDEATHSIG): right for test fixtures, wrong for a broker started from a worker
+    thread that ends early.
     """
 
     def __init__(
@@ -573,7 +579,7 @@ class LocalBroker:
             left = deadline - time.monotonic()
             if left <= 0:
                 raise BrokerError(
-                    f"Kafka did not answer on {self.bootstrap} within {timeout:.0f} s.\n"
+                    f"Kafka did not answer on {self.bootstrap} within {timeout:.1f} s.\n"
                     f"{self.log_tail()}"
                 )
             if _can_connect(self.port) and self._metadata_ok(min(left, 5.0)):
@@ -673,7 +679,11 @@ class LocalBroker:
         return "\n".join(parts) or f"(no logs in {self.log_dir})"
 
     def __enter__(self) -> LocalBroker:
-        return self.start()
+        try:
+            return self.start()
+        except BaseException:
+            self.close()
+            raise
 
     def __exit__(self, *exc: object) -> None:
         self.close()

@@ -15,8 +15,11 @@ Fixtures (see each docstring):
 * ``kafka_admin`` -> ``AdminClient`` on ``kafka_bootstrap``
 * ``make_topic`` -> factory ``(partitions=1, *, suffix="", name=None, config=None) -> str``
 * ``topic`` -> one fresh single-partition topic name
-* ``pva_env`` (session) -> the loopback EPICS client environment (also put in os.environ)
+* ``pva_env`` (session, autouse) -> the loopback EPICS client environment, also os.environ
 * ``sim_server`` -> factory ``(**options) -> SimServer``
+
+Never check a PVA server by connecting to its TCP port: a bare connect-and-close wedges a
+pvapy 5.6 server for good (later clients time out). Use ``tcp_listening(port)`` instead.
 """
 
 from __future__ import annotations
