@@ -7,12 +7,13 @@ forwards SIGINT/SIGTERM and returns the worst exit code.
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import signal
 import subprocess
 import sys
 from collections.abc import Sequence
+
+from pvaflow.process import die_with_parent
 
 log = logging.getLogger(__name__)
 
@@ -37,18 +38,13 @@ def child_argv(argv: Sequence[str], consumer_id: int, metrics_port: int | None) 
     return out
 
 
-def _die_with_parent() -> None:
-    """Children must not outlive a parent that was killed without forwarding a signal."""
-    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-
-
 def spawn(argv: Sequence[str], n: int, first_id: int, metrics_port: int | None) -> int:
     procs = []
     for i in range(n):
         port = None if metrics_port is None else (metrics_port + i if metrics_port else 0)
         cmd = [sys.executable, "-m", "pvaflow.processors.cli",
                *child_argv(argv, first_id + i, port)]
-        procs.append(subprocess.Popen(cmd, preexec_fn=_die_with_parent))
+        procs.append(subprocess.Popen(cmd, preexec_fn=die_with_parent))
         log.info("spawned consumer %d (pid %d)", first_id + i, procs[-1].pid)
 
     def forward(signum: int, _frame: object) -> None:

@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import base64
 import contextlib
-import ctypes
 import fcntl
 import json
 import os
@@ -47,6 +46,8 @@ import weakref
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any, NoReturn
+
+from .process import die_with_parent, free_port
 
 __all__ = [
     "DEFAULT_KAFKA_VERSION",
@@ -221,17 +222,6 @@ def fetch_kafka(
 # Small helpers
 
 
-def free_port(host: str = HOST, exclude: Sequence[int] = ()) -> int:
-    """A TCP port nobody listens on right now (the usual small race is accepted)."""
-    for _ in range(100):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            s.bind((host, 0))
-            port = int(s.getsockname()[1])
-        if port not in exclude:
-            return port
-    raise BrokerError("could not find a free TCP port")
-
-
 def _port_in_use(port: int, host: str = HOST) -> bool:
     # SO_REUSEADDR like the JVM's server sockets, so TIME_WAIT left by our own previous run
     # does not count as "in use" (a restart must get the same port back).
@@ -286,13 +276,6 @@ def _find_java() -> str:
     if java is None:
         raise BrokerError("no 'java' on PATH and no JAVA_HOME: Kafka needs a JDK/JRE 17+")
     return java
-
-
-def _die_with_parent() -> None:
-    """preexec hook: the kernel SIGKILLs the child when its parent dies, so a crashed test
-    run cannot leave a JVM behind."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
 def _pid_alive(pid: int) -> bool:
@@ -558,7 +541,7 @@ class LocalBroker:
         self._proc = subprocess.Popen(
             cmd, cwd=self.data_dir, stdin=subprocess.DEVNULL, stdout=self._out,
             stderr=subprocess.STDOUT, start_new_session=True,
-            preexec_fn=_die_with_parent if self.die_with_parent else None,
+            preexec_fn=die_with_parent if self.die_with_parent else None,
         )
         self._finalizer = weakref.finalize(self, _kill_at_exit, self._proc)
         try:

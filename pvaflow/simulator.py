@@ -17,8 +17,7 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from .broker import _die_with_parent as die_with_parent
-from .broker import free_port
+from .process import die_with_parent, free_port
 
 
 def free_udp_port() -> int:
@@ -143,7 +142,7 @@ class SimServer:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"sim server exited (code {self.proc.returncode}):\n"
                                    f"{self.log_text()[-3000:]}")
-            if tcp_listening(self.port):
+            if self.listening():
                 return self
             if time.monotonic() > deadline:
                 self.stop()
@@ -166,6 +165,13 @@ class SimServer:
                     os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait(10)
         return proc.returncode
+
+    def listening(self) -> bool:
+        return tcp_listening(self.port)
+
+    def apply_env(self) -> None:
+        """Client settings into os.environ: needed before this process's first channel."""
+        os.environ.update(self.env)
 
     def restart(self) -> SimServer:
         """Stop and start again: same channel and search port, new TCP port, uniqueIds

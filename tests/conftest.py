@@ -25,14 +25,9 @@ pvapy 5.6 server for good (later clients time out). Use ``tcp_listening(port)`` 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import re
 import shutil
-import signal
-import socket
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -41,7 +36,9 @@ from typing import Any
 
 import pytest
 
-from pvaflow.broker import LocalBroker, free_port
+from pvaflow.broker import LocalBroker
+from pvaflow.process import free_port
+from pvaflow.simulator import SimServer, loopback_env, sim_args
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -64,11 +61,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         names = set(getattr(item, "fixturenames", ()))
         if names & INTEGRATION_FIXTURES and item.get_closest_marker("integration") is None:
             item.add_marker(pytest.mark.integration)
-
-
-def _die_with_parent() -> None:
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: no orphans if pytest is killed
 
 
 def _slug(text: str, limit: int = 80) -> str:
@@ -252,12 +244,6 @@ def topic(make_topic: Callable[..., str]) -> str:
 # PVA
 
 
-def _free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="session", autouse=True)
 def pva_env() -> Iterator[dict[str, str]]:
     """EPICS pvAccess settings confining clients and servers to loopback, with one search
@@ -269,16 +255,7 @@ def pva_env() -> Iterator[dict[str, str]]:
     forwards unicast searches among the servers of one host) and has its own TCP port.
     Subprocesses inherit the settings, so components started by tests find the servers too.
     """
-    udp = _free_udp_port()
-    env = {
-        "EPICS_PVA_ADDR_LIST": "127.0.0.1",
-        "EPICS_PVA_AUTO_ADDR_LIST": "NO",
-        "EPICS_PVA_BROADCAST_PORT": str(udp),
-        "EPICS_PVAS_BROADCAST_PORT": str(udp),
-        "EPICS_PVAS_INTF_ADDR_LIST": "127.0.0.1",
-        "EPICS_PVAS_AUTO_BEACON_ADDR_LIST": "NO",
-        "EPICS_PVAS_BEACON_ADDR_LIST": "127.0.0.1",
-    }
+    env = loopback_env()
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     try:
@@ -289,142 +266,6 @@ def pva_env() -> Iterator[dict[str, str]]:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
-
-
-def tcp_listening(port: int, host: str = "127.0.0.1") -> bool:
-    """Whether some socket listens on host:port (IPv4), without connecting to it."""
-    want = f"{socket.htonl(int.from_bytes(socket.inet_aton(host), 'big')):08X}:{port:04X}"
-    any_addr = f"00000000:{port:04X}"
-    try:
-        lines = Path("/proc/net/tcp").read_text().splitlines()[1:]
-    except OSError:
-        return False
-    for line in lines:
-        fields = line.split()
-        if len(fields) > 3 and fields[3] == "0A" and fields[1] in (want, any_addr):
-            return True
-    return False
-
-
-def _sim_server_exe() -> str:
-    exe = Path(sys.executable).parent / "pvapy-ad-sim-server"
-    if exe.exists():
-        return str(exe)
-    found = shutil.which("pvapy-ad-sim-server")
-    if found is None:
-        pytest.fail("pvapy-ad-sim-server not found next to sys.executable or on PATH")
-    return found
-
-
-class SimServer:
-    """One ``pvapy-ad-sim-server`` process serving random NTNDArray frames on loopback.
-
-    ``channel``: PV name. ``env``: EPICS client settings to run a client with (a copy of the
-    session ``pva_env``; already in os.environ). ``server_env``: what the server itself runs
-    with (adds its TCP port). ``port``: its TCP port. ``log_path``: its stdout/stderr.
-    Frames are numbered uniqueId 1, 2, ... from each (re)start.
-    """
-
-    def __init__(
-        self, args: Sequence[str], channel: str, env: Mapping[str, str], log_path: Path,
-        ready_timeout: float,
-    ) -> None:
-        self.args = list(args)
-        self.channel = channel
-        self.env = dict(env)
-        self.log_path = log_path
-        self.ready_timeout = ready_timeout
-        self.port = 0
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def server_env(self) -> dict[str, str]:
-        return {**self.env, "EPICS_PVA_SERVER_PORT": str(self.port),
-                "EPICS_PVAS_SERVER_PORT": str(self.port)}
-
-    @property
-    def pid(self) -> int | None:
-        return self.proc.pid if self.proc is not None else None
-
-    def is_running(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def start(self) -> SimServer:
-        """Start on a fresh TCP port and wait until it accepts connections.
-
-        A fresh port on every start because a killed server leaves its old port in
-        TIME_WAIT and pvAccess would then silently fall back to a random port."""
-        if self.is_running():
-            return self
-        self.port = free_port()
-        with open(self.log_path, "ab") as log:
-            log.write(f"=== start {time.ctime()} port {self.port}: {' '.join(self.args)}\n"
-                      .encode())
-            log.flush()
-            self.proc = subprocess.Popen(
-                self.args, env={**os.environ, **self.server_env}, stdin=subprocess.DEVNULL,
-                stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                preexec_fn=_die_with_parent,
-            )
-        deadline = time.monotonic() + self.ready_timeout
-        while True:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"sim server exited (code {self.proc.returncode}):\n"
-                                   f"{self.log_text()[-3000:]}")
-            if self.listening():
-                return self
-            if time.monotonic() > deadline:
-                self.stop()
-                raise TimeoutError(f"sim server not listening on {self.port} after "
-                                   f"{self.ready_timeout} s:\n{self.log_text()[-3000:]}")
-            time.sleep(0.05)
-
-    def listening(self) -> bool:
-        """Whether the TCP port is in LISTEN state, read from /proc/net/tcp.
-
-        Never probe a pvAccess server by connecting to it: with pvapy 5.6 a bare TCP
-        connect-and-close wedges the server, and later clients time out forever."""
-        return tcp_listening(self.port)
-
-    def stop(self, timeout: float = 5.0) -> int | None:
-        """SIGTERM the server's process group, SIGKILL after ``timeout``; returns exit code."""
-        proc = self.proc
-        if proc is None:
-            return None
-        if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(10)
-        return proc.returncode
-
-    def restart(self) -> SimServer:
-        """Stop and start again: same channel and search port, new TCP port, uniqueIds
-        restart at 1 (what a real IOC restart looks like to a client)."""
-        self.stop()
-        return self.start()
-
-    def apply_env(self, monkeypatch: pytest.MonkeyPatch | None = None) -> None:
-        """Put the client settings into os.environ (for in-process pvapy clients; must
-        happen before the process creates its first channel; ``pva_env`` already did)."""
-        for k, v in self.env.items():
-            if monkeypatch is not None:
-                monkeypatch.setenv(k, v)
-            else:
-                os.environ[k] = v
-
-    def log_text(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")
-        except OSError:
-            return ""
-
-    def __repr__(self) -> str:
-        return f"SimServer({self.channel!r}, port={self.port}, pid={self.pid})"
 
 
 @pytest.fixture
@@ -444,7 +285,6 @@ def sim_server(
     unique ``sim:<test>:<uuid6>``.
     """
     servers: list[SimServer] = []
-    exe = _sim_server_exe()
 
     def factory(
         *, channel: str | None = None, nx: int = 64, ny: int = 64, datatype: str = "uint8",
@@ -454,17 +294,11 @@ def sim_server(
     ) -> SimServer:
         if channel is None:
             channel = f"sim:{_slug(request.node.name, 40)}:{uuid.uuid4().hex[:6]}"
-        args = [exe, "-cn", channel, "-nx", str(nx), "-ny", str(ny), "-dt", datatype,
-                "-fps", str(fps), "-rt", str(runtime), "-std", str(start_delay),
-                "-shd", "0", "-rp", str(report_period), "-cm", str(color_mode), "-dc"]
-        if total_frames is not None:
-            if total_frames < 2:
-                raise ValueError("total_frames must be >= 2")
-            # A cache smaller than the frame count makes pvapy stream each frame once, then exit.
-            args += ["-nf", str(total_frames), "-cs", str(total_frames - 1)]
-        else:
-            args += ["-nf", str(n_frames)]
-        args += list(extra_args)
+        args = sim_args(
+            channel, nx=nx, ny=ny, datatype=datatype, fps=fps, runtime=runtime,
+            n_frames=n_frames, total_frames=total_frames, start_delay=start_delay,
+            report_period=report_period, color_mode=color_mode, extra_args=extra_args,
+        )
         log = tmp_path / f"sim-{_slug(channel, 60)}.log"
         server = SimServer(args, channel, pva_env, log, ready_timeout)
         servers.append(server)
