@@ -99,6 +99,11 @@ class Reorderer(Generic[T]):
     def last_emitted(self) -> int | None:
         return self.state.last_emitted
 
+    @property
+    def lowest(self) -> int | None:
+        """Lowest cached id (the next to leave)."""
+        return self._heap[0] if self._heap else None
+
     def pending(self) -> Iterable[tuple[int, T]]:
         return self._cache.items()
 

@@ -70,6 +70,11 @@ class Collector:
         self.lag = 0
         self._rate_mark = (time.monotonic(), 0)
         self._dirty = False
+        self._last_uid: dict[TP, int] = {}
+        self._paused: set[TP] = set()
+        self._assigned: set[TP] = set()
+        self._missed_logged = 0
+        self._at_end: set[TP] = set()  # partitions read to their end (nothing more for now)
         for topic in filter(None, (cfg.output_topic, cfg.late_topic)):
             ensure_topic(topic, 1, bootstrap=cfg.bootstrap, overrides=cfg.overrides,
                          strict=False)
@@ -87,7 +92,8 @@ class Collector:
         conf = consumer_config(
             cfg.group, cfg.bootstrap, cfg.overrides,
             **{"group.instance.id": f"collector-{cfg.collector_id}",
-               "isolation.level": "read_committed", "statistics.interval.ms": 1000},
+               "isolation.level": "read_committed", "statistics.interval.ms": 1000,
+               "enable.partition.eof": True},
         )
         self.consumer = Consumer({**conf, "stats_cb": self._on_stats})
         self.agent = ControlAgent(
@@ -154,14 +160,19 @@ class Collector:
         deadline = time.monotonic() + cfg.runtime if cfg.runtime > 0 else float("inf")
         if self.plugin is not None:
             self.plugin.start()
-        self.consumer.subscribe(cfg.input_topics, on_revoke=self._on_revoke)
+        self.consumer.subscribe(cfg.input_topics, on_assign=self._on_assign,
+                                on_revoke=self._on_revoke, on_lost=self._on_lost)
         self.producer.begin_transaction()
         next_commit = time.monotonic() + cfg.commit_interval
         try:
             while not self._stop.is_set() and time.monotonic() < deadline:
-                for msg in self.consumer.consume(500, 0.05):
+                # Small batches let _balance pause partitions before the cache fills.
+                share = self.reorder.cache_size // (2 * max(1, len(self._assigned)))
+                batch = max(1, min(500, share))
+                for msg in self.consumer.consume(batch, 0.05):
                     self._on_message(msg)
                 self._emit(self.reorder.release())
+                self._balance()
                 if time.monotonic() >= next_commit:
                     self._commit()
                     next_commit = time.monotonic() + cfg.commit_interval
@@ -183,12 +194,15 @@ class Collector:
     def _on_message(self, msg: Message) -> None:
         err = msg.error()
         if err is not None:
-            if err.code() != KafkaError._PARTITION_EOF:
+            if err.code() == KafkaError._PARTITION_EOF:
+                self._at_end.add((msg.topic() or "", msg.partition() or 0))
+            else:
                 log.warning("consumer error: %s", err)
             return
         self._dirty = True
         tp: TP = (msg.topic() or "", msg.partition() or 0)
         offset = msg.offset() or 0
+        self._at_end.discard(tp)
         raw = codec.header(msg.headers(), "pf.uid")
         try:
             uid = int(raw) if raw is not None else codec.decode_key(msg.key())
@@ -202,6 +216,7 @@ class Collector:
             self.tracker.consumed(tp, offset, held=False)
             return
         self.tracker.consumed(tp, offset, held=True)
+        self._last_uid[tp] = uid
         fate, out = self.reorder.push(uid, msg)
         if fate != "cached":
             self.tracker.released(tp, offset)
@@ -211,6 +226,12 @@ class Collector:
 
     def _emit(self, items: list[tuple[int, Message]]) -> None:
         topic = self.cfg.output_topic
+        if self.reorder.stats.missed != self._missed_logged:
+            log.info("gave up on %d ids before %s (cache %d/%d; last ids %s; paused %s; at end "
+                     "%s)", self.reorder.stats.missed - self._missed_logged,
+                     items[0][0] if items else "?", self.reorder.depth, self.reorder.cache_size,
+                     self._last_uid, sorted(self._paused), sorted(self._at_end))
+            self._missed_logged = self.reorder.stats.missed
         if items:
             self._dirty = True
         for _uid, msg in items:
@@ -270,9 +291,42 @@ class Collector:
         self._dirty = False
         self.producer.begin_transaction()
 
+    def _balance(self) -> None:
+        """Flow control across partitions, so a backlog cannot fill the cache from a few
+        partitions while the missing ids wait, unread, in another one.
+
+        A partition pauses when its last uniqueId is more than half a cache ahead of the
+        slowest partition that still has data to read, and resumes within a quarter cache.
+        Partitions read to their end never pause and never hold the others back.
+        """
+        size = self.reorder.cache_size
+        live = self._assigned - self._at_end
+        want: set[TP] = set()
+        if live:
+            last = self._last_uid
+            floor = min(last.get(tp, -1) for tp in live)
+            want = {tp for tp in live
+                    if last.get(tp, -1) - floor > (size // 4 if tp in self._paused else size // 2)}
+        if want != self._paused:
+            if self._paused - want:
+                self.consumer.resume([TopicPartition(t, p) for t, p in self._paused - want])
+            if want - self._paused:
+                self.consumer.pause([TopicPartition(t, p) for t, p in want - self._paused])
+            self._paused = want
+
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._assigned.update((p.topic, p.partition) for p in partitions)
+
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self._commit()
-        self.tracker.forget([(p.topic, p.partition) for p in partitions])
+        self._on_lost(consumer, partitions)
+
+    def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        gone = [(p.topic, p.partition) for p in partitions]
+        self._assigned.difference_update(gone)
+        self.tracker.forget(gone)
+        self._at_end.difference_update(gone)
+        self._paused.difference_update(gone)
 
     def _on_stats(self, stats_json: str) -> None:
         self.lag = sum(consumer_lag(stats_json).values())

@@ -1,0 +1,110 @@
+"""Real-Kafka helpers for the collector tests: feed frames, read a topic, run CLIs."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
+
+from pvaflow import codec
+from pvaflow.frame import Frame
+
+BIN = Path(sys.executable).parent
+PLUGIN = str(Path(__file__).with_name("jitter_plugin.py"))
+
+
+def produce_frames(bootstrap: str, topic: str, ids: Iterable[int], partitions: int = 1,
+                   shape: tuple[int, ...] = (8, 8)) -> int:
+    """Frames with uniqueId ``i`` to partition ``(i - 1) % partitions`` (the bridge's plan)."""
+    p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5})
+    n = 0
+    for i in ids:
+        f = Frame(np.full(shape, i % 251, np.uint8), unique_id=i)
+        codec.produce(p, topic, f, partition=(i - 1) % partitions)
+        n += 1
+        p.poll(0)
+    p.flush(30)
+    return n
+
+
+def read_records(bootstrap: str, topic: str, until: Callable[[list[Any]], bool] | None = None,
+                 timeout: float = 30.0, partitions: int = 1) -> list[Any]:
+    """Every committed record of ``topic`` (all partitions) until ``until(records)`` or the end
+    (nothing new for 2 s), at most ``timeout`` s."""
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": "reader",
+                  "isolation.level": "read_committed", "enable.auto.commit": False})
+    c.assign([TopicPartition(topic, p, 0) for p in range(partitions)])
+    out: list[Any] = []
+    deadline = time.monotonic() + timeout
+    quiet = time.monotonic() + 5.0
+    try:
+        while time.monotonic() < deadline:
+            m = c.poll(0.2)
+            if m is None:
+                if until is None and time.monotonic() > quiet:
+                    break
+                continue
+            if m.error():
+                if m.error().code() != KafkaError._PARTITION_EOF:
+                    raise RuntimeError(str(m.error()))
+                continue
+            out.append(m)
+            quiet = time.monotonic() + 2.0
+            if until is not None and until(out):
+                break
+    finally:
+        c.close()
+    return out
+
+
+def ids_of(records: list[Any]) -> list[int]:
+    return [codec.decode_key(m.key()) for m in records]
+
+
+class Proc:
+    """A pvaflow command as a subprocess with its output in a log file; stopped by pid."""
+
+    def __init__(self, name: str, args: list[str], log_dir: Path, env: dict[str, str] | None = None):
+        self.log = log_dir / f"{name}.log"
+        self.proc = subprocess.Popen(
+            [str(BIN / args[0]), *args[1:]], stdout=open(self.log, "ab"),
+            stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}, start_new_session=True)
+
+    def text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def wait(self, timeout: float = 60.0) -> int:
+        return self.proc.wait(timeout)
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, sig)
+
+    def stop(self, timeout: float = 20.0) -> int | None:
+        if self.proc.poll() is None:
+            self.kill(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()
+                self.proc.wait(10)
+        return self.proc.returncode
+
+
+def wait_for(cond: Callable[[], Any], timeout: float = 60.0, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        v = cond()
+        if v:
+            return v
+        time.sleep(0.3)
+    raise TimeoutError(f"timed out waiting for {what}")
