@@ -73,11 +73,13 @@ def ids_of(records: list[Any]) -> list[int]:
 class Proc:
     """A pvaflow command as a subprocess with its output in a log file; stopped by pid."""
 
-    def __init__(self, name: str, args: list[str], log_dir: Path, env: dict[str, str] | None = None):
+    def __init__(self, name: str, args: list[str], log_dir: Path,
+                 env: dict[str, str] | None = None) -> None:
         self.log = log_dir / f"{name}.log"
-        self.proc = subprocess.Popen(
-            [str(BIN / args[0]), *args[1:]], stdout=open(self.log, "ab"),
-            stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}, start_new_session=True)
+        with open(self.log, "ab") as out:
+            self.proc = subprocess.Popen(
+                [str(BIN / args[0]), *args[1:]], stdout=out, stderr=subprocess.STDOUT,
+                env={**os.environ, **(env or {})}, start_new_session=True)
 
     def text(self) -> str:
         return self.log.read_text(errors="replace")
