@@ -8,8 +8,9 @@ ids as missed. Anything below the next expected id is either *late* (it was skip
 *duplicate* (it was already emitted, e.g. redelivered by an at-least-once processor).
 
 On a fresh start the first id is unknown, so nothing is released until the cache or the time
-bound forces it (then the lowest cached id starts the stream); after a restart the saved
-:class:`ReorderState` says where to continue.
+bound forces it (then the lowest cached id starts the stream, and the frames waiting behind it
+get a fresh ``max_delay``: waiting for the start is not waiting for a gap); after a restart the
+saved :class:`ReorderState` says where to continue.
 """
 
 from __future__ import annotations
@@ -152,6 +153,8 @@ class Reorderer(Generic[T]):
                 out.append(self._pop())
                 continue
             if len(self._cache) > self.cache_size or self._oldest_wait(now) >= self.max_delay:
+                if nxt is None:  # the start-up wait is not a gap: restart every clock
+                    self._arrivals = deque((now, uid) for uid in sorted(self._cache))
                 self._skip_to(lowest)
                 out.append(self._pop())
                 continue

@@ -8,11 +8,13 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterable
+import uuid
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 
 from pvaflow import codec
@@ -110,3 +112,26 @@ def wait_for(cond: Callable[[], Any], timeout: float = 60.0, what: str = "condit
             return v
         time.sleep(0.3)
     raise TimeoutError(f"timed out waiting for {what}")
+
+
+@pytest.fixture
+def procs(tmp_path: Path, kafka_bootstrap: str) -> Iterator[Callable[..., Proc]]:
+    """Start pvaflow commands as subprocesses; all are stopped by pid at teardown."""
+    started: list[Proc] = []
+
+    def start(name: str, *args: str) -> Proc:
+        p = Proc(name, list(args), tmp_path, env={"PVAFLOW_BOOTSTRAP": kafka_bootstrap})
+        started.append(p)
+        return p
+
+    start.started = started  # type: ignore[attr-defined]
+    yield start
+    for p in reversed(started):
+        p.stop()
+
+
+@pytest.fixture
+def ctl() -> list[str]:
+    """``--control-topic``/``--status-topic`` options private to this test."""
+    tag = uuid.uuid4().hex[:8]
+    return ["--control-topic", f"t-ctl-{tag}", "--status-topic", f"t-status-{tag}"]

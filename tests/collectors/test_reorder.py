@@ -76,6 +76,17 @@ def test_time_bound_skips_gap_then_late_frame_is_counted_not_emitted():
     assert (r.stats.late, r.stats.duplicates, r.stats.emitted) == (1, 1, 3)
 
 
+def test_fresh_start_gives_frames_behind_the_start_a_fresh_delay():
+    t = [0.0]
+    r: Reorderer[int] = Reorderer(cache_size=100, max_delay=2.0, clock=lambda: t[0])
+    r.push(1, 1)
+    r.push(3, 3)
+    t[0] = 2.0
+    assert r.release() == [(1, 1)]  # start: 3 waits again instead of skipping 2 at once
+    t[0] = 3.0
+    assert r.push(2, 2)[1] == [(2, 2), (3, 3)] and r.stats.missed == 0
+
+
 def test_fresh_start_waits_then_starts_at_lowest():
     r: Reorderer[int] = Reorderer(cache_size=3, max_delay=INF)
     assert run(r, [5, 4, 6], flush=False) == []
@@ -93,15 +104,18 @@ def test_bounds_and_accounting_hold_for_any_input(ops, cache: int, delay: float)
     now, arrived = 0.0, {}
     r: Reorderer[int] = Reorderer(cache_size=cache, max_delay=delay, clock=lambda: now)
     emitted: list[int] = []
+    started = None  # the stream's start resets every waiting frame's clock
     for uid, dt in ops:
         now += dt
         fate, out = r.push(uid, uid)
         if fate == "cached":
             arrived[uid] = now
+        out += r.release()
+        if out and started is None:
+            started = now
         emitted += [u for u, _ in out]
-        emitted += [u for u, _ in r.release()]
         assert r.depth <= cache
-        assert all(now - arrived[u] < delay for u, _ in r.pending())
+        assert all(now - max(arrived[u], started or 0) < delay for u, _ in r.pending())
     assert emitted == sorted(set(emitted))  # strictly increasing, each once
     s = r.stats
     assert s.received == s.emitted + s.late + s.duplicates + r.depth
