@@ -1,0 +1,97 @@
+"""Ops test helpers: the helm and prometheus binaries ``make tools`` installs, chart rendering.
+
+The tools live in ``<repo>/.cache/tools`` (``scripts/tools``). Without them these tests skip
+with a pointer to ``make tools``, except under CI (``$CI`` set), where a missing tool fails.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+TOOLS = REPO / ".cache" / "tools"
+CHART = REPO / "helm" / "pvaflow"
+HELM = TOOLS / "helm"
+PROMETHEUS = TOOLS / "prometheus" / "usr" / "bin" / "prometheus"
+
+
+def require_tool(path: Path) -> Path:
+    if path.is_file() and os.access(path, os.X_OK):
+        return path
+    message = f"{path.relative_to(REPO)} is missing: run `make tools`"
+    if os.environ.get("CI"):
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+@pytest.fixture(scope="session")
+def helm() -> Path:
+    return require_tool(HELM)
+
+
+@pytest.fixture(scope="session")
+def prometheus_bin() -> Path:
+    return require_tool(PROMETHEUS)
+
+
+class HelmError(AssertionError):
+    """``helm`` exited non-zero; the message is its stderr."""
+
+
+def run_helm(helm: Path, *args: str, values: Iterable[Mapping[str, Any]] = (),
+             tmp: Path | None = None) -> str:
+    """Run helm on the chart with values files written from ``values`` (in order)."""
+    files: list[str] = []
+    for i, v in enumerate(values):
+        assert tmp is not None, "values need a tmp directory"
+        f = tmp / f"values-{i}-{len(list(tmp.iterdir()))}.yaml"
+        f.write_text(yaml.safe_dump(dict(v)))
+        files += ["-f", str(f)]
+    proc = subprocess.run([str(helm), *args, *files], capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "HELM_CACHE_HOME": str(tmp or "/tmp"),
+                                            "HELM_CONFIG_HOME": str(tmp or "/tmp"),
+                                            "HELM_DATA_HOME": str(tmp or "/tmp")})
+    if proc.returncode != 0:
+        raise HelmError(proc.stderr.strip() or proc.stdout.strip())
+    return proc.stdout
+
+
+def render(helm: Path, tmp: Path, *values: Mapping[str, Any], extra: Iterable[str] = ()
+           ) -> list[dict[str, Any]]:
+    """``helm template`` of the chart: the manifests as dicts (empty documents dropped)."""
+    out = run_helm(helm, "template", "rel", str(CHART), "--namespace", "ops", *extra,
+                   values=values, tmp=tmp)
+    return [d for d in yaml.safe_load_all(out) if d]
+
+
+def find(docs: Iterable[dict[str, Any]], kind: str, name: str | None = None
+         ) -> list[dict[str, Any]]:
+    return [d for d in docs if d["kind"] == kind
+            and (name is None or d["metadata"]["name"] == name)]
+
+
+def dashboards() -> dict[str, dict[str, Any]]:
+    """The chart's dashboard JSON files by file name."""
+    files = sorted((CHART / "dashboards").glob("*.json"))
+    return {p.name: json.loads(p.read_text()) for p in files}
+
+
+def panel_queries(board: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """(panel title, expr) for every target of every panel, rows included."""
+    out = []
+    stack = list(board.get("panels", []))
+    while stack:
+        p = stack.pop(0)
+        stack.extend(p.get("panels", []))
+        for t in p.get("targets", []):
+            if t.get("expr"):
+                out.append((p["title"], t["expr"]))
+    return out
