@@ -31,8 +31,13 @@ lint: venv
 	$(BIN)/ruff check $(LINT_PATHS)
 	$(BIN)/mypy $(TYPE_PATHS)
 
-test: lint
+test: lint tools
 	$(BIN)/pytest -q $(PYTEST_ARGS)
+
+.PHONY: tools
+# helm (go install), Prometheus (Debian package, unpacked) and kubernetes-validate for tests/ops.
+tools: venv
+	@scripts/tools
 
 demo: venv
 	$(BIN)/python -m pvaflow.demo
