@@ -1,0 +1,81 @@
+"""``pvaflow status`` and ``pvaflow control`` against real consumers: configure changes every
+member's plugin, stop ends one cleanly, silent and unknown targets are reported."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from pvaflow import control_cli
+from pvaflow.monitor import latest_from_messages, pipeline_view
+from pvaflow.status_cli import render
+from tests.collectors.helpers import (  # noqa: F401 (fixtures)
+    PLUGIN,
+    ctl,
+    procs,
+    produce_frames,
+    read_records,
+    wait_for,
+)
+
+
+def test_render_prints_one_row_per_stage_with_losses():
+    msg = {"type": "status", "component": "consumer/g/1", "kind": "consumer", "group": "g",
+           "id": "1", "time": 0, "stats": {"received": 5, "processed": 4, "dlq": 1}}
+    text = render(pipeline_view(latest_from_messages([msg]), now=1), components=True)
+    assert "consumer/g  0/1" not in text and "consumer/g" in text and "dlq=1" in text
+    assert "lost in the pipeline: 1" in text and "consumer/g/1" in text
+
+
+def test_unknown_command_and_bad_args_are_refused_before_sending(capsys):
+    for argv in (["all", "frob"], ["all", "configure", "[1]"]):
+        with pytest.raises(SystemExit) as exc:
+            control_cli.main(argv)
+        assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "unknown command 'frob'" in err and "ARGS must be a JSON object" in err
+
+
+def cli(b: str, opts: list[str], *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "pvaflow.cli", *args, "--from-topic", "-b", b,
+                           *opts], capture_output=True, text=True, timeout=60)
+
+
+@pytest.mark.integration
+def test_control_configures_every_member_stops_one_and_names_the_silent(
+        kafka_bootstrap, make_topic, procs, ctl):  # noqa: F811 (fixtures)
+    frames, processed = make_topic(4), make_topic(1)
+    members = {cid: procs(f"consumer{cid}", "pvaflow-consumer", "--input-topic", frames,
+                          "--output-topic", processed, "--group", "cg", "--consumer-id", cid,
+                          "--processor-file", PLUGIN, "--processor-class", "Jitter",
+                          "--report-period", "1", "-b", kafka_bootstrap, *ctl)
+               for cid in ("1", "2")}
+    produce_frames(kafka_bootstrap, frames, range(1, 41), partitions=4)
+    wait_for(lambda: len(read_records(kafka_bootstrap, processed, lambda r: len(r) >= 40, 3))
+             >= 40, 60, "first frames processed")
+    wait_for(lambda: "cg  2/2" in cli(kafka_bootstrap, ctl[2:], "status").stdout, 30,
+             "both members in pvaflow status")
+
+    r = cli(kafka_bootstrap, ctl, "control", "cg", "configure", '{"tag": "X"}')
+    assert r.returncode == 0, r.stderr
+    assert "consumer/cg/1: ok" in r.stdout and "consumer/cg/2: ok" in r.stdout
+    produce_frames(kafka_bootstrap, frames, range(41, 81), partitions=4)
+    later = read_records(kafka_bootstrap, processed, lambda r: len(r) >= 80, 60)[40:]
+    tags = {dict(m.headers()).get("pf.attrs", b"") for m in later}
+    assert len(later) == 40 and all(b'"tag"' in t and b'"X"' in t for t in tags)
+    r = cli(kafka_bootstrap, ctl, "control", "cg", "get_stats", "--json")
+    stats = [json.loads(line) for line in r.stdout.splitlines()]
+    assert sorted(s["result"]["plugin"]["tag"] for s in stats) == ["X", "X"]
+
+    r = cli(kafka_bootstrap, ctl, "control", "consumer/cg/1", "stop")
+    assert r.returncode == 0 and "consumer/cg/1: ok" in r.stdout
+    assert members["1"].wait(30) == 0
+    members["2"].kill()  # silent from now on, but its last status says running
+    r = cli(kafka_bootstrap, ctl, "control", "cg", "get_stats", "--timeout", "3")
+    assert r.returncode == 1
+    assert "no reply within 3 s from: consumer/cg/2" in r.stderr
+    r = cli(kafka_bootstrap, ctl, "control", "nosuch", "get_stats")
+    assert r.returncode == 2 and "unknown target 'nosuch'" in r.stderr
