@@ -8,15 +8,14 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
-WORKDIR /src
-COPY pyproject.toml README.md ./
-COPY pvaflow ./pvaflow
-COPY bridge ./bridge
-COPY processors ./processors
-COPY collectors ./collectors
+COPY pyproject.toml README.md /src/
+COPY pvaflow /src/pvaflow
+COPY bridge /src/bridge
+COPY processors /src/processors
+COPY collectors /src/collectors
 # The files extra gives the file-writer plugin HDF5/TIFF; plugin packages can be added with
 # `pip install` in a derived image.
-RUN pip install ".[files]" \
+RUN pip install "/src[files]" \
     && rm -rf /src \
     && groupadd --gid 10001 pvaflow \
     && useradd --uid 10001 --gid 10001 --no-create-home --home-dir /tmp --shell /usr/sbin/nologin pvaflow
