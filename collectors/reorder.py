@@ -16,6 +16,7 @@ saved :class:`ReorderState` says where to continue.
 from __future__ import annotations
 
 import heapq
+import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -85,7 +86,7 @@ class Reorderer(Generic[T]):
         self.max_delay = max_delay
         self.state = state or ReorderState()
         self.stats = ReorderStats()
-        self._clock = clock or _monotonic
+        self._clock = clock or time.monotonic
         self._cache: dict[int, T] = {}
         self._heap: list[int] = []  # cached ids; the minimum is always the next to leave
         self._arrivals: deque[tuple[float, int]] = deque()  # (arrival, id), arrival order
@@ -138,10 +139,10 @@ class Reorderer(Generic[T]):
         self._cache[uid] = item
         heapq.heappush(self._heap, uid)
         self._arrivals.append((now, uid))
-        out = self.release(now)
-        return "cached", out
+        # The time bound is checked by the periodic release(); here only order and size.
+        return "cached", self.release(now, check_time=False)
 
-    def release(self, now: float | None = None) -> list[tuple[int, T]]:
+    def release(self, now: float | None = None, check_time: bool = True) -> list[tuple[int, T]]:
         """Everything that may leave now: the next expected run, plus skips forced by the
         cache bound or the time bound. Call it periodically even without input."""
         now = self._clock() if now is None else now
@@ -152,7 +153,8 @@ class Reorderer(Generic[T]):
             if nxt is not None and lowest == nxt:
                 out.append(self._pop())
                 continue
-            if len(self._cache) > self.cache_size or self._oldest_wait(now) >= self.max_delay:
+            if len(self._cache) > self.cache_size or (
+                    check_time and self._oldest_wait(now) >= self.max_delay):
                 if nxt is None:  # the start-up wait is not a gap: restart every clock
                     self._arrivals = deque((now, uid) for uid in sorted(self._cache))
                 self._skip_to(lowest)
@@ -200,9 +202,3 @@ class Reorderer(Generic[T]):
         if len(arrivals) > 2 * len(self._cache) + 64:  # drop emitted ids queued behind
             self._arrivals = arrivals = deque(a for a in arrivals if a[1] in self._cache)
         return now - arrivals[0][0] if arrivals else 0.0
-
-
-def _monotonic() -> float:
-    import time
-
-    return time.monotonic()

@@ -30,6 +30,8 @@ from .state import STATE_TOPIC, TP, OffsetTracker, SavedState, ensure_state_topi
 
 log = logging.getLogger(__name__)
 
+FETCH_PER_PARTITION = 256 * 1024
+
 
 @dataclass
 class CollectorConfig:
@@ -93,7 +95,11 @@ class Collector:
             cfg.group, cfg.bootstrap, cfg.overrides,
             **{"group.instance.id": f"collector-{cfg.collector_id}",
                "isolation.level": "read_committed", "statistics.interval.ms": 1000,
-               "enable.partition.eof": True},
+               "enable.partition.eof": True,
+               # Small per-partition fetches interleave the partitions in every fetch, so the
+               # cache sees them side by side instead of one partition's backlog at a time
+               # (a larger record is still returned whole; -X overrides this as usual).
+               "max.partition.fetch.bytes": FETCH_PER_PARTITION},
         )
         self.consumer = Consumer({**conf, "stats_cb": self._on_stats})
         self.agent = ControlAgent(
@@ -203,9 +209,10 @@ class Collector:
         tp: TP = (msg.topic() or "", msg.partition() or 0)
         offset = msg.offset() or 0
         self._at_end.discard(tp)
-        raw = codec.header(msg.headers(), "pf.uid")
-        try:
-            uid = int(raw) if raw is not None else codec.decode_key(msg.key())
+        key = msg.key()
+        try:  # the key is the uniqueId (cheaper than building the header list)
+            uid = int.from_bytes(key, "big") if key is not None and len(key) == 8 \
+                else int(codec.header(msg.headers(), "pf.uid") or b"")
         except (ValueError, codec.FrameError):
             self.errors += 1
             self.tracker.consumed(tp, offset, held=False)
