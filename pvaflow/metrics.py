@@ -39,7 +39,11 @@ def consumer_lag(stats_json: str | bytes) -> dict[tuple[str, int], int]:
         for pid, p in t.get("partitions", {}).items():
             if int(pid) < 0 or p.get("fetch_state") in (None, "none", "stopped"):
                 continue
-            value = p.get("consumer_lag_stored", p.get("consumer_lag", -1))
+            # consumer_lag_stored is -1 until offsets are stored, and pvaflow commits
+            # explicitly without storing them, so fall back to the committed-offset lag.
+            value = p.get("consumer_lag_stored", -1)
+            if value is None or value < 0:
+                value = p.get("consumer_lag", -1)
             if value is not None and value >= 0:
                 lag[(topic, int(pid))] = int(value)
     return lag
