@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import pvaccess as pva
 from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, TopicPartition
+from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from pvaflow import codec
 from pvaflow.codec import FrameError
@@ -40,6 +43,22 @@ class MirrorStats:
     def snapshot(self) -> dict[str, Any]:
         return {"received": self.received, "served": self.served, "invalid": self.invalid,
                 "last_id": self.last_id}
+
+
+class MirrorCollector(Collector):
+    """Prometheus view of :class:`MirrorStats`, read at scrape time (nothing per frame)."""
+
+    def __init__(self, stats: MirrorStats, topic: str, channel: str) -> None:
+        self._stats, self._labels = stats, ["mirror", topic, channel]
+
+    def collect(self) -> Iterator[Metric]:
+        for name, doc in (("received", "records read from Kafka"),
+                          ("served", "frames published on the PVA channel"),
+                          ("invalid", "records that were not frames (skipped, logged)")):
+            m = CounterMetricFamily(f"pvaflow_mirror_frames_{name}", doc,
+                                    labels=["component", "topic", "channel"])
+            m.add_metric(self._labels, getattr(self._stats, name))
+            yield m
 
 
 class Mirror:

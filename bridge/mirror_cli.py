@@ -11,9 +11,12 @@ import time
 from collections.abc import Sequence
 from types import FrameType
 
+from prometheus_client import REGISTRY
+
+from pvaflow import metrics
 from pvaflow.options import Parser, add_kafka_args, add_run_args, parse
 
-from .mirror import OFFSETS, Mirror
+from .mirror import OFFSETS, Mirror, MirrorCollector
 
 log = logging.getLogger("pvaflow.mirror")
 
@@ -47,6 +50,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as exc:
         print(f"pvaflow-mirror: error: {exc}", file=sys.stderr)
         return 2
+    REGISTRY.register(MirrorCollector(mirror.stats, topic, args.output_channel))
+    metrics.serve(args.metrics_port)
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:

@@ -43,6 +43,12 @@ ROLES = (
     ("bridge", "pvaflow.bridge.cli"),
 )
 _SHARED = ("bootstrap_servers", "control_topic", "status_topic")
+# Which top-level settings each role's command accepts (the monitor only reads status).
+_SHARED_BY_ROLE = {
+    "monitor": ("bootstrap_servers", "status_topic"),
+    "mirror": ("bootstrap_servers",),
+    "collector": _SHARED, "stages": _SHARED, "bridge": _SHARED,
+}
 
 
 class PipelineError(ValueError):
@@ -89,7 +95,6 @@ def components(spec: Mapping[str, Any]) -> list[Component]:
     unknown = set(spec) - known
     if unknown:
         raise PipelineError(f"unknown keys {sorted(unknown)}; known: {sorted(known)}")
-    shared = {k: spec[k] for k in _SHARED if k in spec}
     out = []
     for role, module in ROLES:
         entries = spec.get(role)
@@ -100,15 +105,13 @@ def components(spec: Mapping[str, Any]) -> list[Component]:
                 raise PipelineError("stages: must be a list of processor stages")
         else:
             entries = [entries]
+        shared = {k: spec[k] for k in _SHARED_BY_ROLE[role] if k in spec}
         for i, entry in enumerate(entries):
             opts = dict(entry or {})
             name = str(opts.pop("name", role if role != "stages" else f"stage{i + 1}"))
             if role == "stages":
                 opts.setdefault("group", name)
-            if role != "mirror":
-                opts = {**{k: v for k, v in shared.items() if k not in opts}, **opts}
-            else:
-                opts.setdefault("bootstrap_servers", shared.get("bootstrap_servers"))
+            opts = {**{k: v for k, v in shared.items() if k not in opts}, **opts}
             out.append(Component(name, module, to_args(opts)))
     if not out:
         raise PipelineError("the pipeline file names no component")

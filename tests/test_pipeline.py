@@ -56,3 +56,14 @@ def test_dry_run_prints_commands(tmp_path, capsys):
     assert main([str(f), "--dry-run"]) == 0
     assert "bridge: pvaflow.bridge.cli --topic frames --partitions 2" in capsys.readouterr().out
     assert load(f)[0].command()[-4:] == ["--topic", "frames", "--partitions", "2"]
+
+
+def test_each_role_gets_only_the_shared_settings_its_command_takes():
+    parts = {p.name: p.args for p in components({
+        "bootstrap_servers": "h:1", "control_topic": "ctl", "status_topic": "st",
+        "monitor": {}, "mirror": {"topic": "t", "output_channel": "pv"}, "bridge": {},
+    })}
+    assert parts["monitor"] == ["--bootstrap-servers", "h:1", "--status-topic", "st"]
+    assert parts["mirror"][:2] == ["--bootstrap-servers", "h:1"]
+    assert "--status-topic" not in parts["mirror"] and "--control-topic" not in parts["mirror"]
+    assert "--control-topic" in parts["bridge"] and "--status-topic" in parts["bridge"]

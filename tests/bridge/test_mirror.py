@@ -7,14 +7,16 @@ import pickle
 import signal
 import subprocess
 import sys
+import urllib.request
 import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
-from pvaflow.broker import free_port
+from pvaflow.process import free_port
 
 from .conftest import BridgeProcess
 from .test_fidelity import CLIENT
@@ -31,14 +33,15 @@ def test_mirror_serves_the_source_frames(
                      start_delay=8)
     topic = make_topic(2)
     channel = f"mirror:{uuid.uuid4().hex[:8]}"
-    port = free_port()
+    port, metrics_port = free_port(), free_port()
     env = {**os.environ, "EPICS_PVAS_SERVER_PORT": str(port), "EPICS_PVA_SERVER_PORT": str(port)}
     mirror_out = tmp_path / "mirror.out"
     with open(mirror_out, "wb") as out:
         mirror = subprocess.Popen(
             [sys.executable, "-m", "pvaflow.bridge.mirror_cli", "--topic", topic,
              "--output-channel", channel, "--offset", "earliest", "--report-period", "1",
-             "--bootstrap-servers", kafka_bootstrap], stdout=out, stderr=subprocess.STDOUT,
+             "--bootstrap-servers", kafka_bootstrap, "--metrics-port", str(metrics_port)],
+            stdout=out, stderr=subprocess.STDOUT,
             env=env, start_new_session=True)
     try:
         bridge = bridge_process("--input-channel", sim.channel, "--topic", topic,
@@ -49,6 +52,14 @@ def test_mirror_serves_the_source_frames(
             env=dict(os.environ), timeout=90)
         assert client.returncode == 0
         bridge.final()
+        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as r:
+            scraped = r.read().decode()
+        served_metric = [
+            smp for fam in text_string_to_metric_families(scraped) for smp in fam.samples
+            if smp.name == "pvaflow_mirror_frames_served_total"
+        ]
+        assert [(smp.labels, smp.value) for smp in served_metric] == [
+            ({"component": "mirror", "topic": topic, "channel": channel}, FRAMES)]
     finally:
         mirror.send_signal(signal.SIGINT)
         code = mirror.wait(30)
