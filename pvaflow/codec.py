@@ -105,6 +105,10 @@ def encode(
     if frame.attributes:
         headers.append(("pf.attrs", encode_attributes(frame.attributes)))
     if frame.dimensions is not None and frame.dimensions != _plain_dims(shape):
+        if tuple(d.size for d in reversed(frame.dimensions)) != shape:
+            # refuse here rather than publish a record every reader would reject
+            raise FrameError(f"dimensions {[d.size for d in frame.dimensions]} do not match "
+                             f"shape {shape}; use Frame.with_array() when changing the array")
         headers.append(("pf.dims", json.dumps([list(d) for d in frame.dimensions]).encode()))
     return encode_key(frame.unique_id), value.reshape(-1), headers
 
@@ -215,7 +219,17 @@ def encode_attributes(attrs: Sequence[Attribute]) -> bytes:
         while len(row) > 3 and row[-1] == _ATTR_DEFAULTS[len(row) - 4]:
             row.pop()
         rows.append(row)
-    return json.dumps(rows, separators=(",", ":")).encode()
+    try:
+        return json.dumps(rows, separators=(",", ":"), default=_plain).encode()
+    except (TypeError, ValueError) as exc:
+        raise FrameError(f"attribute value cannot be encoded: {exc}") from exc
+
+
+def _plain(value: Any) -> Any:
+    """numpy scalars and arrays (``a.max()``) as the Python values JSON knows."""
+    if isinstance(value, np.generic | np.ndarray):
+        return value.tolist()
+    raise TypeError(f"{type(value).__name__} is not a scalar, string or list")
 
 
 _ATTR_DEFAULTS: list[Any] = ["", "", 0, [], [0, 0, 0], [0, 0, ""]]

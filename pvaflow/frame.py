@@ -128,6 +128,7 @@ class Frame:
 
     def with_array(self, array: np.ndarray[Any, Any]) -> Frame:
         """A copy of the metadata around a new (uncompressed) array: what most plugins return."""
-        same = self.dimensions is not None and array.shape == self.shape
-        dims = self.dimensions if same else None
+        dims = self.dimensions
+        if dims is not None and tuple(d.size for d in reversed(dims)) != array.shape:
+            dims = None  # binning/cropping changed the image: the old AD metadata is wrong
         return replace(self, array=array, codec=None, dimensions=dims)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -606,3 +607,26 @@ def test_decode_accepts_dict_headers_and_str_values() -> None:
     got = decode(key, buf, as_dict)
     assert got.unique_id == 42 and got.shape == (3, 4)
     assert header(as_dict, "pf.uid") == b"42"
+
+
+def test_numpy_scalar_and_array_attribute_values_encode_as_plain_values():
+    a = np.arange(4, dtype=np.uint16)
+    f = Frame(a, unique_id=1, attributes=[
+        Attribute("max", a.max(), "ushort"), Attribute("v", a[:2], "ushort[]")])
+    out = decode(*record(f))
+    assert [(x.value, type(x.value)) for x in out.attributes] == [(3, int), ([0, 1], list)]
+
+
+def test_unencodable_attribute_value_is_a_frame_error():
+    f = Frame(np.zeros(2, np.uint8), unique_id=1, attributes=[Attribute("x", object(), "int")])
+    with pytest.raises(FrameError, match="attribute value cannot be encoded"):
+        encode(f)
+
+
+def test_dimensions_that_contradict_the_shape_are_refused_at_encode():
+    f = Frame(np.zeros((4, 6), np.uint8), unique_id=1,
+              dimensions=(Dimension(6, 2, 12, 2, False), Dimension(4, 0, 8, 2, False)))
+    binned = replace(f, array=f.array[:, ::2].copy())
+    with pytest.raises(FrameError, match=r"use Frame\.with_array"):
+        encode(binned)
+    assert decode(*record(binned.with_array(binned.array))).shape == (4, 3)
