@@ -40,59 +40,13 @@ from pvaflow.frame import (
     Frame,
 )
 
+from .strategies import ATTRIBUTE_TYPES, attributes, epics_times, i32, text
+
 PROPERTY = settings(
     max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow]
 )
 
 # -- strategies ---------------------------------------------------------------------------
-
-# Kafka header values are bytes, so text must be encodable: no lone surrogates.
-text = st.text(alphabet=st.characters(codec="utf-8"), max_size=12)
-i32 = st.integers(-(2**31), 2**31 - 1)
-i64 = st.integers(-(2**63), 2**63 - 1)
-epics_times = st.builds(EpicsTime, i64, i32, i32)
-alarms = st.builds(Alarm, i32, i32, text)
-
-SCALAR_VALUES: dict[str, st.SearchStrategy[Any]] = {
-    "boolean": st.booleans(),
-    "byte": st.integers(-128, 127),
-    "ubyte": st.integers(0, 2**8 - 1),
-    "short": st.integers(-(2**15), 2**15 - 1),
-    "ushort": st.integers(0, 2**16 - 1),
-    "int": i32,
-    "uint": st.integers(0, 2**32 - 1),
-    "long": i64,
-    "ulong": st.integers(0, 2**64 - 1),
-    "float": st.floats(width=32),
-    "double": st.floats(),
-    "string": text,
-}
-ATTRIBUTE_TYPES = [*SCALAR_VALUES, *(t + "[]" for t in SCALAR_VALUES), ""]
-
-
-def typed_value(typ: str) -> st.SearchStrategy[Any]:
-    if typ == "":
-        return st.none()
-    if typ.endswith("[]"):
-        return st.lists(SCALAR_VALUES[typ[:-2]], max_size=4)
-    return SCALAR_VALUES[typ]
-
-
-@st.composite
-def attributes(draw: st.DrawFn) -> Attribute:
-    typ = draw(st.sampled_from(ATTRIBUTE_TYPES))
-    return Attribute(
-        name=draw(text),
-        value=draw(typed_value(typ)),
-        type=typ,
-        descriptor=draw(text),
-        source=draw(text),
-        source_type=draw(i32),
-        tags=draw(st.lists(text, max_size=3)),
-        timestamp=draw(epics_times),
-        alarm=draw(alarms),
-    )
-
 
 shapes = hnp.array_shapes(min_dims=0, max_dims=4, min_side=0, max_side=4)
 
