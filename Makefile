@@ -10,13 +10,14 @@ TYPE_PATHS := pvaflow bridge processors collectors
 PYTEST_ARGS ?=
 BROKER_ARGS ?=
 
-.PHONY: help venv lint test demo broker clean
+.PHONY: help venv lint test demo bench broker clean
 
 help:
 	@echo "make venv    create $(VENV) (if missing) and pip install -e '.[dev]'"
 	@echo "make lint    ruff + mypy"
 	@echo "make test    lint, then pytest (real Kafka broker + PVA sim servers; PYTEST_ARGS=...)"
 	@echo "make demo    run the end-to-end demo (python -m pvaflow.demo)"
+	@echo "make bench   run every benchmark; rewrites docs/performance.md (quiet machine!)"
 	@echo "make broker  run a local Kafka broker in the foreground (BROKER_ARGS='--port 0')"
 	@echo "make clean   remove caches and build artifacts (keeps $(VENV))"
 
@@ -41,6 +42,10 @@ tools: venv
 
 demo: venv
 	$(BIN)/python -m pvaflow.demo
+
+BENCHMARKS := codec bridge processors collector
+bench: venv
+	@for b in $(BENCHMARKS); do echo "== benchmarks.$$b"; $(BIN)/python -m benchmarks.$$b || exit 1; done
 
 broker: venv
 	$(BIN)/python -m pvaflow.broker run $(BROKER_ARGS)
