@@ -39,8 +39,7 @@ from pvaflow.frame import (
     EpicsTime,
     Frame,
 )
-
-from .strategies import ATTRIBUTE_TYPES, attributes, epics_times, i32, text
+from tests.strategies import ATTRIBUTE_TYPES, attributes, epics_times, i32, text
 
 PROPERTY = settings(
     max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow]

@@ -29,9 +29,8 @@ from pvaflow.frame import (
     Frame,
 )
 from pvaflow.ntnda import frame_from_ntnda, ntnda_from_frame
-
-from .strategies import ATTRIBUTE_TYPES, PVA_SCALAR_VALUES, epics_times, i32, text
-from .strategies import attributes as any_attributes
+from tests.strategies import ATTRIBUTE_TYPES, PVA_SCALAR_VALUES, epics_times, i32, text
+from tests.strategies import attributes as any_attributes
 
 # pvapy is much slower than the codec: fewer examples.
 PROPERTY = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
