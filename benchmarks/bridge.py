@@ -213,15 +213,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         _write(json.loads((RESULTS / "bridge.json").read_text()))
         return 0
     with ExitStack() as stack:
-        bootstrap = os.environ.get("PVAFLOW_BOOTSTRAP")
-        broker_pid = None
-        if bootstrap is None:
-            from pvaflow.broker import LocalBroker
+        from pvaflow.broker import external_or_local
 
-            broker = stack.enter_context(LocalBroker())
-            bootstrap, broker_pid = broker.bootstrap, broker.pid
-        else:
-            broker_pid = _pid_listening(int(bootstrap.rsplit(":", 1)[1]))
+        bootstrap, broker = stack.enter_context(external_or_local())
+        broker_pid = broker.pid if broker is not None else _pid_listening(
+            int(bootstrap.rsplit(":", 1)[1]))
         workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-bridge-")))
         data: dict[str, Any] = {"receiver_queue_size": args.receiver_queue_size,
                                 "seconds": args.seconds, "cases": {}}

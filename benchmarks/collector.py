@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -148,16 +147,9 @@ def main() -> int:
         return 0
 
     from benchmarks.report import machine, table, write_section
-    from pvaflow.broker import LocalBroker
+    from pvaflow.broker import external_or_local
 
-    broker = None
-    bootstrap = os.environ.get("PVAFLOW_BOOTSTRAP")
-    if not bootstrap:
-        import tempfile
-
-        broker = LocalBroker(tempfile.mkdtemp(prefix="bench-kafka-")).start()
-        bootstrap = broker.bootstrap
-    try:
+    with external_or_local() as (bootstrap, _broker):
         topic = f"bench-collector-{uuid.uuid4().hex[:6]}"
         produce(bootstrap, topic, a.frames)
         runs: dict[str, list[dict[str, Any]]] = {"bare": [], "reorder": [], "reorder+topic": []}
@@ -165,9 +157,6 @@ def main() -> int:
             for role in runs:
                 runs[role].append(child(role, bootstrap, topic, a.frames))
                 print(role, runs[role][-1], file=sys.stderr)
-    finally:
-        if broker is not None:
-            broker.stop()
     med = {r: statistics.median(x["fps"] for x in v) for r, v in runs.items()}
     rows = []
     for role, v in runs.items():

@@ -8,7 +8,7 @@ alternate (bare, runner, bare, runner, ...) so broker and machine noise hits bot
 
     python benchmarks/processors.py [--bootstrap HOST:PORT] [--repeats 3] [--quick]
 
-Needs a broker: ``$PVAFLOW_BOOTSTRAP`` or ``--bootstrap`` (``pvaflow-broker start --port 0``).
+Uses ``--bootstrap``, else ``$PVAFLOW_BOOTSTRAP``, else starts a local broker.
 Writes the "processors" section of docs/performance.md and docs/img/processors.png.
 """
 
@@ -24,6 +24,8 @@ import sys
 import time
 import uuid
 from typing import Any, cast
+
+from pvaflow.broker import external_or_local
 
 KiB, MiB = 1024, 1024 * 1024
 CASES = (("16 KiB", (128, 128), "uint8", 20_000), ("2 MiB", (1024, 1024), "uint16", 300))
@@ -183,8 +185,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out")
     ap.add_argument("--n", type=int)
     a = ap.parse_args(argv)
-    if not a.bootstrap:
-        ap.error("no broker: set PVAFLOW_BOOTSTRAP or --bootstrap")
     if a.child:
         fn = child_bare if a.child == "bare" else child_runner
         args = (a.bootstrap, a.topic, a.out, a.n, a.batch) + (
@@ -192,8 +192,16 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(fn(*args)))
         return 0
 
+    if a.bootstrap:
+        return measure(a, a.bootstrap)
+    with external_or_local() as (bootstrap, _broker):
+        return measure(a, bootstrap)
+
+
+def measure(a: argparse.Namespace, bootstrap: str) -> int:
     import numpy as np
 
+    a.bootstrap = bootstrap
     results: dict[str, Any] = {}
     for label, shape, dtype, n in CASES:
         n = max(n // 10, 50) if a.quick else n

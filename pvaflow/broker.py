@@ -43,7 +43,7 @@ import threading
 import time
 import uuid
 import weakref
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any, NoReturn
 
@@ -683,6 +683,19 @@ class LocalBroker:
 
 # --------------------------------------------------------------------------------------------
 # Command line
+
+
+@contextlib.contextmanager
+def external_or_local(data_dir: str | os.PathLike[str] | None = None
+                      ) -> Iterator[tuple[str, LocalBroker | None]]:
+    """``$PVAFLOW_BOOTSTRAP`` when set, else a LocalBroker for the duration of the block;
+    yields the bootstrap address and the broker (None when external)."""
+    external = os.environ.get("PVAFLOW_BOOTSTRAP")
+    if external:
+        yield external, None
+        return
+    with LocalBroker(data_dir) as broker:
+        yield broker.bootstrap, broker
 
 
 def _state_path(data_dir: Path) -> Path:

@@ -18,7 +18,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from .broker import LocalBroker
+from .broker import external_or_local
 from .monitor import latest_from_messages, pipeline_view
 from .options import Parser, parse
 from .pipeline import components, start, stop_all
@@ -48,15 +48,14 @@ def spec(bootstrap: str, channel: str, run_id: str, partitions: int) -> dict[str
 
 @contextlib.contextmanager
 def kafka(workdir: Path) -> Iterator[str]:
-    external = os.environ.get(ENV_BOOTSTRAP)
-    if external:
-        say(f"using the Kafka cluster at {external} (${ENV_BOOTSTRAP})")
-        yield external
-        return
-    say("starting a local Kafka broker (first run resolves its jars from Maven Central) ...")
-    with LocalBroker(data_dir=workdir / "kafka") as broker:
-        say(f"Kafka broker on {broker.bootstrap}; log: {broker.log_path}")
-        yield broker.bootstrap
+    if not os.environ.get(ENV_BOOTSTRAP):
+        say("starting a local Kafka broker (first run resolves its jars from Maven Central) ...")
+    with external_or_local(workdir / "kafka") as (bootstrap, broker):
+        if broker is None:
+            say(f"using the Kafka cluster at {bootstrap} (${ENV_BOOTSTRAP})")
+        else:
+            say(f"Kafka broker on {bootstrap}; log: {broker.log_path}")
+        yield bootstrap
 
 
 def say(text: str) -> None:
