@@ -89,7 +89,7 @@ def encode(
         ("pf.v", b"1"),
         ("pf.uid", str(frame.unique_id).encode()),
         ("pf.dtype", name.encode()),
-        ("pf.shape", ",".join(map(str, shape)).encode()),
+        ("pf.shape", _shape_header(shape)),
         ("pf.usize", str(usize).encode()),
         ("pf.ts", _time(frame.timestamp)),
         ("pf.dts", _time(frame.data_timestamp)),
@@ -119,7 +119,8 @@ def decode(
     headers: RecordHeaders,
 ) -> Frame:
     """Frame from a record; the array is a read-only numpy view over ``value``."""
-    h = {k: _bytes(v) for k, v in _items(headers) if k.startswith(HEADER_PREFIX) and v is not None}
+    h = {k: v if type(v) is bytes else _bytes(v)
+         for k, v in _items(headers) if v is not None and k.startswith(HEADER_PREFIX)}
     version = h.get("pf.v")
     if version is None:
         raise FrameError("not a pvaflow frame: header pf.v is missing")
@@ -294,7 +295,21 @@ def _utf8(h: dict[str, bytes], name: str) -> str:
 
 
 def _shape(h: dict[str, bytes]) -> tuple[int, ...]:
-    raw = _text(h, "pf.shape")
+    raw_bytes = h.get("pf.shape")
+    shape = _SHAPES.get(raw_bytes) if raw_bytes is not None else None
+    if shape is None:
+        shape = _parse_shape(_text(h, "pf.shape"))
+        if len(_SHAPES) >= 256:
+            _SHAPES.clear()
+        _SHAPES[cast(bytes, raw_bytes)] = shape
+    return shape
+
+
+# Parsed shape headers (bounded): a stream repeats one shape, parsing it costs ~1.5 us.
+_SHAPES: dict[bytes, tuple[int, ...]] = {}
+
+
+def _parse_shape(raw: str) -> tuple[int, ...]:
     try:
         shape = tuple(int(n) for n in raw.split(",")) if raw else ()
     except ValueError as exc:
@@ -302,6 +317,19 @@ def _shape(h: dict[str, bytes]) -> tuple[int, ...]:
     if any(n < 0 for n in shape):
         raise FrameError(f"negative dimension in shape {shape}")
     return shape
+
+
+def _shape_header(shape: tuple[int, ...]) -> bytes:
+    raw = _SHAPE_HEADERS.get(shape)
+    if raw is None:
+        raw = ",".join(map(str, shape)).encode()
+        if len(_SHAPE_HEADERS) >= 256:
+            _SHAPE_HEADERS.clear()
+        _SHAPE_HEADERS[shape] = raw
+    return raw
+
+
+_SHAPE_HEADERS: dict[tuple[int, ...], bytes] = {}
 
 
 def _plain_dims(shape: tuple[int, ...]) -> tuple[Dimension, ...]:
