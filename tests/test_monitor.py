@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import socket
+import subprocess
+import sys
 import urllib.request
 import uuid
 
@@ -103,3 +105,11 @@ def test_status_totals_match_final_stats_and_survive_monitor_restart(
     assert wait_for(lambda: totals(_get(url + "/status") or {"stages": []}) == expected, 120,
                     "totals after the monitor restart")
     assert all(c["state"] == "stopped" for c in _get(url + "/status")["components"])
+    # What an operator types: `pvaflow status` as JSON and as the table.
+    cli = [sys.executable, "-m", "pvaflow.cli", "status", "--monitor", url]
+    out = subprocess.run([*cli, "--json"], capture_output=True, text=True, timeout=60, check=True)
+    assert totals(json.loads(out.stdout)) == expected
+    table = subprocess.run(cli, capture_output=True, text=True, timeout=60, check=True).stdout
+    for stage, (n_in, n_out, lost) in expected.items():
+        row = next(line.split() for line in table.splitlines() if line.startswith(stage + " "))
+        assert row[2:5] == [f"{n_in:,}", f"{n_out:,}", str(lost)], table
