@@ -286,13 +286,14 @@ the same producer settings:
 Reading the numbers: both tools pass every small-frame rate up to the top of the sweep, where
 `pvapy-ad-sim-server` itself saturates (it publishes a little under the requested rate there),
 so ratio (a) for 128x128 is a lower bound; the small-frame MB/s of the bridge is likewise capped
-by the sim rate (7000 x 16 KiB), not by the bridge. For 2 MiB frames the limit is Kafka: a bare
-producer gets only ~100-220 MB/s (50-100 fps of 2 MiB; it varies run to run on this shared
-machine) into a broker on the same 2 cores, while `pvapy-hpc-consumer` only has to receive.
-The bridge keeps up with what the broker accepts (ratio (b) ~1 or above, within the noise of
-separate measurements), but no PVA-to-Kafka tool can sustain 400+ fps of 2 MiB frames here, so
-target (a) >= 0.9 is not met for 2 MiB frames on this machine; on a machine where the broker
-has its own cores and disks the same measurement should be repeated.
+by the sim rate (7000 x 16 KiB), not by the bridge. For 2 MiB frames neither target is met on
+this machine. `pvapy-hpc-consumer` only has to receive; the bridge must also hand every frame to
+a Kafka broker running on the same 2 cores, and a bare producer alone reaches only the MB/s in
+table (b) - below the 1.2 GB/s that 600 fps of 2 MiB frames needs - so no PVA-to-Kafka tool
+can reach ratio (a) here. Ratio (b) shows what is the bridge's own: at its highest rate it
+uses about a core (PVA receive and unpacking in pvapy, one copy into librdkafka) while the
+broker takes most of the other, so it stays below the bare producer, which has no PVA side.
+The same measurement should be repeated where the broker has its own cores and disks.
 
 CPU per process (% of one core) during publishing, at the highest zero-loss rate:
 
