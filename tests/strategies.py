@@ -1,10 +1,12 @@
-"""Hypothesis strategies shared by the codec and NTNDArray tests."""
+"""Hypothesis strategies and comparisons shared by the codec and NTNDArray tests."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
+import numpy as np
 from hypothesis import strategies as st
 
 from pvaflow.frame import Alarm, Attribute, EpicsTime
@@ -55,3 +57,23 @@ def attributes(
         source=draw(text), source_type=draw(i32), tags=draw(st.lists(text, max_size=3)),
         timestamp=draw(epics_times), alarm=draw(alarms),
     )
+
+
+def canon(v: Any) -> Any:
+    """Type-strict comparable form: True != 1, 1 != 1.0, -0.0 != 0.0, NaN == NaN."""
+    if isinstance(v, np.ndarray):
+        return canon(v.tolist())
+    if isinstance(v, bool):
+        return ("bool", v)
+    if isinstance(v, int):
+        return ("int", v)
+    if isinstance(v, float):
+        return ("nan",) if math.isnan(v) else ("float", v, math.copysign(1.0, v))
+    if isinstance(v, list | tuple):
+        return ("list", tuple(canon(x) for x in v))
+    return (type(v).__name__, v)
+
+
+def canon_attribute(a: Attribute) -> tuple[Any, ...]:
+    return (a.name, a.type, canon(a.value), a.descriptor, a.source, a.source_type,
+            list(a.tags), tuple(a.timestamp), tuple(a.alarm))

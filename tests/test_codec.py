@@ -39,7 +39,14 @@ from pvaflow.frame import (
     EpicsTime,
     Frame,
 )
-from tests.strategies import ATTRIBUTE_TYPES, attributes, epics_times, i32, text
+from tests.strategies import (
+    ATTRIBUTE_TYPES,
+    attributes,
+    canon_attribute,
+    epics_times,
+    i32,
+    text,
+)
 
 PROPERTY = settings(
     max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow]
@@ -111,26 +118,6 @@ def frames(draw: st.DrawFn, compressed: bool | None = None) -> Frame:
 
 
 # -- comparison helpers -------------------------------------------------------------------
-
-def canon(v: Any) -> Any:
-    """Hashable, type-strict form: True != 1, 1 != 1.0, -0.0 != 0.0, NaN == NaN."""
-    if isinstance(v, bool):
-        return ("bool", v)
-    if isinstance(v, int):
-        return ("int", v)
-    if isinstance(v, float):
-        return ("nan",) if math.isnan(v) else ("float", v, math.copysign(1.0, v))
-    if isinstance(v, list | tuple):
-        return ("list", tuple(canon(x) for x in v))
-    return (type(v).__name__, v)
-
-
-def canon_attribute(a: Attribute) -> tuple[Any, ...]:
-    return (
-        a.name, a.type, canon(a.value), a.descriptor, a.source, a.source_type, list(a.tags),
-        tuple(a.timestamp), tuple(a.alarm),
-    )
-
 
 def owner(a: np.ndarray[Any, Any]) -> Any:
     """The object that ultimately holds an array's memory."""

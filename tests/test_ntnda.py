@@ -29,7 +29,15 @@ from pvaflow.frame import (
     Frame,
 )
 from pvaflow.ntnda import frame_from_ntnda, ntnda_from_frame
-from tests.strategies import ATTRIBUTE_TYPES, PVA_SCALAR_VALUES, epics_times, i32, text
+from tests.strategies import (
+    ATTRIBUTE_TYPES,
+    PVA_SCALAR_VALUES,
+    canon,
+    canon_attribute,
+    epics_times,
+    i32,
+    text,
+)
 from tests.strategies import attributes as any_attributes
 
 # pvapy is much slower than the codec: fewer examples.
@@ -102,26 +110,6 @@ def frames(draw: st.DrawFn, compressed: bool | None = None) -> Frame:
 
 
 # -- comparison helpers -------------------------------------------------------------------
-
-def canon(v: Any) -> Any:
-    """Type-strict comparable form: True != 1, 1 != 1.0, -0.0 != 0.0, NaN == NaN."""
-    if isinstance(v, np.ndarray):
-        return canon(v.tolist())
-    if isinstance(v, bool):
-        return ("bool", v)
-    if isinstance(v, int):
-        return ("int", v)
-    if isinstance(v, float):
-        return ("nan",) if math.isnan(v) else ("float", v, math.copysign(1.0, v))
-    if isinstance(v, list | tuple):
-        return ("list", tuple(canon(x) for x in v))
-    return (type(v).__name__, v)
-
-
-def canon_attribute(a: Attribute) -> tuple[Any, ...]:
-    return (a.name, a.type, canon(a.value), a.descriptor, a.source, a.source_type,
-            list(a.tags), tuple(a.timestamp), tuple(a.alarm))
-
 
 def assert_same_frame(got: Frame, want: Frame, source: str = "") -> None:
     if want.codec is None:
