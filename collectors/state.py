@@ -10,15 +10,13 @@ always agree: no id is emitted twice and none is lost.
 from __future__ import annotations
 
 import json
-import uuid
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, TopicPartition
+from confluent_kafka import KafkaException
 
-from pvaflow.settings import consumer_config
-from pvaflow.topics import ensure_topic
+from pvaflow.topics import ensure_topic, read_partition
 
 from .reorder import ReorderState
 
@@ -58,32 +56,15 @@ def load_state(
     topic: str, key: str, bootstrap: str | None, overrides: Any, timeout: float = 15.0
 ) -> SavedState:
     """The last committed state for ``key`` (read_committed, to the end of the topic)."""
-    consumer = Consumer(consumer_config(
-        f"pvaflow-state-reader-{uuid.uuid4().hex[:8]}", bootstrap, overrides,
-        **{"enable.partition.eof": True, "isolation.level": "read_committed"},
-    ))
     try:
-        consumer.assign([TopicPartition(topic, 0, 0)])  # 0 = beginning; compaction keeps it small
-        found: bytes | None = None
-        import time
-
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            msg = consumer.poll(0.5)
-            if msg is None:
-                continue
-            err = msg.error()
-            if err is not None:
-                if err.code() == KafkaError._PARTITION_EOF:
-                    break
-                raise RuntimeError(f"cannot read collector state from {topic}: {err}")
-            if msg.key() == key.encode():
-                found = msg.value()
-        else:
-            raise RuntimeError(f"timed out reading collector state from {topic}")
-        return SavedState.decode(found) if found else SavedState()
-    finally:
-        consumer.close()
+        records, complete = read_partition(
+            topic, bootstrap, overrides, read_committed=True, timeout=timeout)
+    except KafkaException as exc:
+        raise RuntimeError(f"cannot read collector state from {topic}: {exc}") from exc
+    if not complete:
+        raise RuntimeError(f"timed out reading collector state from {topic}")
+    found = [v for k, v in records if k == key.encode()]
+    return SavedState.decode(found[-1]) if found and found[-1] else SavedState()
 
 
 class OffsetTracker:

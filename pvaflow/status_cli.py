@@ -11,16 +11,15 @@ import sys
 import time
 import urllib.error
 import urllib.request
-import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, TopicPartition
+from confluent_kafka import KafkaException
 
 from .control import STATUS_TOPIC
 from .monitor import STALE_AFTER, latest_from_messages, pipeline_view
 from .options import Parser, add_kafka_args, parse
-from .settings import consumer_config
+from .topics import read_partition
 
 DEFAULT_MONITOR = "http://127.0.0.1:6066"
 TAIL = 20_000  # status records read from the topic without a monitor (several per component)
@@ -35,39 +34,18 @@ def read_status_topic(
     tail: int = TAIL, timeout: float = 15.0,
 ) -> list[dict[str, Any]]:
     """The last ``tail`` JSON messages of the status topic, in order."""
-    consumer = Consumer(consumer_config(
-        f"pvaflow-status-{uuid.uuid4().hex[:8]}", bootstrap, overrides,
-        **{"enable.partition.eof": True},
-    ))
     try:
-        tp = TopicPartition(topic, 0)
+        records, _complete = read_partition(topic, bootstrap, overrides, tail=tail,
+                                            timeout=timeout)
+    except KafkaException as exc:
+        raise StatusUnavailable(f"cannot read {topic}: {exc}") from exc
+    out: list[dict[str, Any]] = []
+    for _key, value in records:
         try:
-            low, high = consumer.get_watermark_offsets(tp, timeout=timeout, cached=False)
-        except Exception as exc:
-            raise StatusUnavailable(f"cannot read {topic}: {exc}") from exc
-        if high <= low:
-            return []
-        consumer.assign([TopicPartition(topic, 0, max(low, high - tail))])
-        out: list[dict[str, Any]] = []
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            msg = consumer.poll(0.5)
-            if msg is None:
-                continue
-            err = msg.error()
-            if err is not None:
-                if err.code() == KafkaError._PARTITION_EOF:
-                    break
-                raise StatusUnavailable(f"cannot read {topic}: {err}")
-            try:
-                out.append(json.loads(msg.value() or b""))
-            except ValueError:
-                continue
-            if (msg.offset() or 0) >= high - 1:
-                break
-        return out
-    finally:
-        consumer.close()
+            out.append(json.loads(value or b""))
+        except ValueError:
+            continue
+    return out
 
 
 def fetch_monitor(url: str, timeout: float = 5.0) -> dict[str, Any]:

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import time
+import uuid
 from collections.abc import Mapping
 from typing import Any
 
-from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from .settings import admin_config
+from .settings import admin_config, consumer_config
+
+Record = tuple[bytes | None, bytes | None]
 
 
 class TopicError(RuntimeError):
@@ -52,3 +56,46 @@ def ensure_topic(
         if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
             raise
     return partitions
+
+
+def read_partition(
+    topic: str,
+    bootstrap: str | None = None,
+    overrides: Any = None,
+    *,
+    tail: int | None = None,
+    read_committed: bool = False,
+    timeout: float = 15.0,
+) -> tuple[list[Record], bool]:
+    """(key, value) of every record of partition 0 up to its end (the last ``tail`` only, when
+    given), and whether the end was reached before ``timeout``. For the small single-partition
+    state and status topics; a read error raises KafkaException."""
+    extra: dict[str, Any] = {"enable.partition.eof": True}
+    if read_committed:
+        extra["isolation.level"] = "read_committed"
+    consumer = Consumer(consumer_config(
+        f"pvaflow-reader-{uuid.uuid4().hex[:8]}", bootstrap, overrides, **extra))
+    try:
+        start = OFFSET_BEGINNING
+        if tail is not None:
+            low, high = consumer.get_watermark_offsets(
+                TopicPartition(topic, 0), timeout=timeout, cached=False)
+            if high <= low:
+                return [], True
+            start = max(low, high - tail)
+        consumer.assign([TopicPartition(topic, 0, start)])
+        records: list[Record] = []
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            msg = consumer.poll(0.5)
+            if msg is None:
+                continue
+            err = msg.error()
+            if err is not None:
+                if err.code() == KafkaError._PARTITION_EOF:
+                    return records, True
+                raise KafkaException(err)
+            records.append((msg.key(), msg.value()))
+        return records, False
+    finally:
+        consumer.close()
