@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import statistics
 import subprocess
 import sys
@@ -33,11 +34,13 @@ def produce(bootstrap: str, topic: str, n: int) -> None:
 
     from pvaflow import codec
     from pvaflow.frame import Frame
+    from pvaflow.settings import producer_config
     from pvaflow.topics import ensure_topic
 
     ensure_topic(topic, PARTITIONS, bootstrap=bootstrap)
-    p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 20, "batch.size": 1 << 20,
-                  "queue.buffering.max.kbytes": 256 * 1024})
+    # Idempotent, as the bridge's: a plain producer's retries (a fresh topic's first requests
+    # often are) can land a partition's first batch behind later ones, out of order.
+    p = Producer(producer_config(bootstrap, linger_ms=20))
     img = np.zeros(FRAME_BYTES, np.uint8)
     for i in range(1, n + 1):
         while True:
@@ -90,7 +93,11 @@ def collector(bootstrap: str, topic: str, n: int, output: str | None) -> dict[st
     th = threading.Thread(target=col.run)
     th.start()
     s, t0, rss = col.reorder.stats, 0.0, 0.0
-    while s.emitted < n:
+    deadline = time.monotonic() + 600
+    # Every frame read and the cache empty: emitted + late = n (late ones are counted, not out).
+    while s.received < n or col.reorder.depth:
+        if time.monotonic() > deadline:
+            raise SystemExit(f"collector stalled: {s}")
         if not t0 and s.received:
             t0 = time.perf_counter()
         time.sleep(0.002)
@@ -100,13 +107,16 @@ def collector(bootstrap: str, topic: str, n: int, output: str | None) -> dict[st
     col.stop()
     th.join()
     return {"fps": n / dt, "seconds": dt, "peak_cache": s.peak_cache_depth, "missed": s.missed,
-            "rss_mib": rss, "rss_before_mib": rss0}
+            "late": s.late, "rss_mib": rss, "rss_before_mib": rss0}
 
 
 def child(role: str, bootstrap: str, topic: str, n: int) -> dict[str, Any]:
     cmd = [sys.executable, "-m", "benchmarks.collector", "--role", role, "--bootstrap",
            bootstrap, "--topic", topic, "--frames", str(n)]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=900)
+    for line in out.stderr.splitlines():
+        if "gave up" in line:  # the collector's own account of a skipped gap
+            print(f"{role}: {line}", file=sys.stderr)
     result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
     return result
 
@@ -140,6 +150,7 @@ def main() -> int:
     ap.add_argument("--topic")
     a = ap.parse_args()
     if a.role:
+        logging.basicConfig(level=logging.INFO, format="%(name)s %(message)s")
         out = f"{a.topic}-out-{uuid.uuid4().hex[:6]}" if a.role == "reorder+topic" else None
         res = bare(a.bootstrap, a.topic, a.frames) if a.role == "bare" else collector(
             a.bootstrap, a.topic, a.frames, out)

@@ -27,7 +27,8 @@ PLUGIN = str(Path(__file__).with_name("jitter_plugin.py"))
 def produce_frames(bootstrap: str, topic: str, ids: Iterable[int], partitions: int = 1,
                    shape: tuple[int, ...] = (8, 8)) -> int:
     """Frames with uniqueId ``i`` to partition ``(i - 1) % partitions`` (the bridge's plan)."""
-    p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5})
+    # idempotent: without it a retried first batch can land behind later ones, out of order
+    p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5, "enable.idempotence": True})
     n = 0
     for i in ids:
         f = Frame(np.full(shape, i % 251, np.uint8), unique_id=i)
