@@ -32,8 +32,14 @@ CASES = (("16 KiB", (128, 128), "uint8", 20_000), ("2 MiB", (1024, 1024), "uint1
 TARGETS = {"16 KiB": 0.85, "2 MiB": 0.9}
 
 
-def _rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+def _rss_mib(field: str = "VmHWM") -> float:
+    """Peak (``VmHWM``) or current (``VmRSS``) RSS of this process; ``ru_maxrss`` would carry
+    the parent's peak across fork + exec."""
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    return 0.0
 
 
 def _cpu() -> float:
@@ -74,7 +80,7 @@ def child_bare(bootstrap: str, topic: str, out: str, n: int, batch: int) -> dict
 
     from pvaflow.settings import consumer_config, producer_config
 
-    base = _rss_mib()
+    base = _rss_mib("VmRSS")
     c = Consumer(consumer_config(f"bench-bare-{uuid.uuid4().hex[:8]}", bootstrap))
     p = Producer(producer_config(bootstrap))
     c.subscribe([topic])
@@ -106,7 +112,7 @@ def child_runner(bootstrap: str, topic: str, out: str, n: int, batch: int,
     from pvaflow.processors.passthrough import Passthrough
     from pvaflow.processors.runner import Runner, RunnerConfig
 
-    base = _rss_mib()
+    base = _rss_mib("VmRSS")
     cfg = RunnerConfig(input_topics=[topic], group=f"bench-runner-{uuid.uuid4().hex[:8]}",
                        output_topic=out, dlq_topic=None, bootstrap=bootstrap,
                        max_queue_size=max_queue, batch_size=batch, report_period=0)

@@ -47,6 +47,11 @@ CONSUMER_DEFAULTS: dict[str, Any] = {
     "message.max.bytes": MAX_MESSAGE_BYTES + MiB,
     # Prefetched messages held by librdkafka for this consumer (all partitions together).
     "queued.max.messages.kbytes": 64 * 1024,
+    # When that prefetch is full librdkafka stops fetching for this long (default 1 s). A
+    # processor only slightly slower than the broker then drains the queue and waits idle
+    # for most of the second: measured 16 KiB frames at 5,600 fps with the default, 13,800
+    # with 20 ms.
+    "fetch.queue.backoff.ms": 20,
 }
 
 ADMIN_DEFAULTS: dict[str, Any] = {}
