@@ -229,8 +229,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                                 broker_pid, workdir) for tool in ("hpc", "bridge")}
             size = case["nx"] * case["ny"] * np.dtype(case["dt"]).itemsize
             bare = bare_producer(bootstrap, size, 5.0)
-            top = max((r for r in runs["bridge"]), key=lambda r: r["mb_per_s"])
-            data["cases"][name] = {"runs": runs, "bare_mb_per_s": bare,
+            # (b) offers the bridge the top rate, more than Kafka takes here: what it delivers
+            # then is its throughput into Kafka (the surplus is dropped and counted)
+            sat = Trial("bridge", case, case["rates"][-1], args.seconds,
+                        args.receiver_queue_size, bootstrap, broker_pid, workdir).run()
+            top = max((*runs["bridge"], sat), key=lambda r: r["mb_per_s"])
+            data["cases"][name] = {"runs": runs, "bare_mb_per_s": bare, "saturation": sat,
                                    "bridge_mb_per_s": top["mb_per_s"], "frame_bytes": size}
             print(f"  bare producer {bare:.0f} MB/s, bridge {top['mb_per_s']:.0f} MB/s",
                   flush=True)
@@ -277,9 +281,11 @@ queue (1000 for small frames, 200 for 2 MiB frames) and client queue ({rqs}; -1 
 
 {table(["frames", "pvapy-hpc-consumer", "pvaflow-bridge", "ratio"], rows_a)}
 
-(b) Throughput into Kafka (MB/s): bridge (median of its 1 s delivery reports at the highest
-rate tried) against a bare confluent-kafka producer loop writing payloads of the same size with
-the same producer settings:
+(b) Throughput into Kafka (MB/s): the bridge's delivered MB/s (median of its 1 s delivery
+reports; the best of the sweep and of one extra trial at the top rate of the sweep, which
+offers more than Kafka takes here, so the surplus is dropped and counted) against a bare
+confluent-kafka producer loop writing payloads of the same size with the same producer
+settings:
 
 {table(["frames", "bare producer", "bridge", "ratio"], rows_b)}
 
