@@ -39,6 +39,10 @@ CASES: dict[str, dict[str, Any]] = {
 }
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def free_udp_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.bind(("127.0.0.1", 0))
@@ -104,8 +108,10 @@ class Trial:
                    "--server-queue-size", str(c["sqs"]), "--receiver-queue-size",
                    str(self.rqs), "--report-period", "1000", "-dc"]
         with open(out_path, "wb") as out:
+            # SIGINT ends both tools with their final report; a parent started in the
+            # background (SIGINT ignored) would pass that on and the report would never come
             tool = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                    start_new_session=True)
+                                    start_new_session=True, preexec_fn=_default_sigint)
         # measure CPU over the publishing window only
         time.sleep(max(delay - 1.0, 0) + 0.5)
         pids = {"sim": sim.pid, self.tool: tool.pid}
