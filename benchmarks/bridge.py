@@ -298,14 +298,15 @@ settings:
 Reading the numbers: both tools pass every small-frame rate up to the top of the sweep, where
 `pvapy-ad-sim-server` itself saturates (it publishes a little under the requested rate there),
 so ratio (a) for 128x128 is a lower bound; the small-frame MB/s of the bridge is likewise capped
-by the sim rate (7000 x 16 KiB), not by the bridge. For 2 MiB frames neither target is met on
-this machine. `pvapy-hpc-consumer` only has to receive; the bridge must also hand every frame to
-a Kafka broker running on the same 2 cores, and a bare producer alone reaches only the MB/s in
-table (b) - below the 1.2 GB/s that 600 fps of 2 MiB frames needs - so no PVA-to-Kafka tool
-can reach ratio (a) here. Ratio (b) shows what is the bridge's own: at its highest rate it
-uses about a core (PVA receive and unpacking in pvapy, one copy into librdkafka) while the
-broker takes most of the other, so it stays below the bare producer, which has no PVA side.
-The same measurement should be repeated where the broker has its own cores and disks.
+by the sim rate (7000 x 16 KiB), not by the bridge. For 2 MiB frames `pvapy-hpc-consumer`
+only has to receive; the bridge must also hand every frame to a Kafka broker running on the
+same 2 cores, and a bare producer alone reaches only the MB/s in table (b) - far below the
+1.2 GB/s that 600 fps of 2 MiB frames needs - so no PVA-to-Kafka tool can reach ratio (a) for
+2 MiB frames here; the bridge's zero-loss rate is where the broker stops keeping up while the
+sim server and the bridge share its cores. Ratio (b) is the bridge's own cost against that
+Kafka limit. The bare producer's MB/s moves a lot between measurements on this machine (the
+broker flushes what earlier trials wrote while it runs): compare both rows of table (b), and
+repeat the measurement where the broker has its own cores and disks.
 
 CPU per process (% of one core) during publishing, at the highest zero-loss rate:
 

@@ -39,8 +39,9 @@ def produce(bootstrap: str, topic: str, n: int) -> None:
 
     ensure_topic(topic, PARTITIONS, bootstrap=bootstrap)
     # Idempotent, as the bridge's: a plain producer's retries (a fresh topic's first requests
-    # often are) can land a partition's first batch behind later ones, out of order.
-    p = Producer(producer_config(bootstrap, linger_ms=20))
+    # often are) can land a partition's first batch behind later ones, out of order. Record
+    # batches of at most 1 MiB, as this benchmark always wrote.
+    p = Producer(producer_config(bootstrap, linger_ms=20, batch_size=1 << 20))
     img = np.zeros(FRAME_BYTES, np.uint8)
     for i in range(1, n + 1):
         while True:
