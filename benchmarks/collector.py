@@ -73,19 +73,12 @@ def bare(bootstrap: str, topic: str, n: int) -> dict[str, Any]:
     return {"fps": n / dt, "seconds": dt}
 
 
-def vm_rss_mib() -> float:
-    """Current RSS (ru_maxrss would carry the parent's peak across fork + exec)."""
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return 0.0
-
-
 def collector(bootstrap: str, topic: str, n: int, output: str | None) -> dict[str, Any]:
     from pvaflow.collectors.runner import Collector, CollectorConfig
 
-    rss0 = vm_rss_mib()
+    from benchmarks.report import rss_mib
+
+    rss0 = rss_mib("VmRSS")
     tag = uuid.uuid4().hex[:6]
     cfg = CollectorConfig([topic], group=f"bench-col-{tag}", bootstrap=bootstrap,
                           output_topic=output, cache_size=CACHE, max_delay=30,
@@ -102,7 +95,7 @@ def collector(bootstrap: str, topic: str, n: int, output: str | None) -> dict[st
         if not t0 and s.received:
             t0 = time.perf_counter()
         time.sleep(0.002)
-        rss = max(rss, vm_rss_mib())
+        rss = max(rss, rss_mib("VmRSS"))
         s = col.reorder.stats
     dt = time.perf_counter() - t0
     col.stop()

@@ -32,16 +32,6 @@ CASES = (("16 KiB", (128, 128), "uint8", 20_000), ("2 MiB", (1024, 1024), "uint1
 TARGETS = {"16 KiB": 0.85, "2 MiB": 0.9}
 
 
-def _rss_mib(field: str = "VmHWM") -> float:
-    """Peak (``VmHWM``) or current (``VmRSS``) RSS of this process; ``ru_maxrss`` would carry
-    the parent's peak across fork + exec."""
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024
-    return 0.0
-
-
 def _cpu() -> float:
     """CPU seconds of this process, all threads (librdkafka's included)."""
     r = resource.getrusage(resource.RUSAGE_SELF)
@@ -78,9 +68,10 @@ def child_bare(bootstrap: str, topic: str, out: str, n: int, batch: int) -> dict
     """The floor: consume, produce the same key/value/headers, nothing else."""
     from confluent_kafka import Consumer, Producer
 
+    from benchmarks.report import rss_mib
     from pvaflow.settings import consumer_config, producer_config
 
-    base = _rss_mib("VmRSS")
+    base = rss_mib("VmRSS")
     c = Consumer(consumer_config(f"bench-bare-{uuid.uuid4().hex[:8]}", bootstrap))
     p = Producer(producer_config(bootstrap))
     c.subscribe([topic])
@@ -103,7 +94,7 @@ def child_bare(bootstrap: str, topic: str, out: str, n: int, batch: int) -> dict
     p.flush()
     dt, cpu = time.perf_counter() - t0, _cpu() - c0
     c.close()
-    return {"frames": count, "seconds": dt, "fps": count / dt, "rss_mib": _rss_mib(),
+    return {"frames": count, "seconds": dt, "fps": count / dt, "rss_mib": rss_mib(),
             "base_rss_mib": base, "cpu_us_per_frame": cpu / count * 1e6}
 
 
@@ -112,7 +103,9 @@ def child_runner(bootstrap: str, topic: str, out: str, n: int, batch: int,
     from pvaflow.processors.passthrough import Passthrough
     from pvaflow.processors.runner import Runner, RunnerConfig
 
-    base = _rss_mib("VmRSS")
+    from benchmarks.report import rss_mib
+
+    base = rss_mib("VmRSS")
     cfg = RunnerConfig(input_topics=[topic], group=f"bench-runner-{uuid.uuid4().hex[:8]}",
                        output_topic=out, dlq_topic=None, bootstrap=bootstrap,
                        max_queue_size=max_queue, batch_size=batch, report_period=0)
@@ -137,7 +130,7 @@ def child_runner(bootstrap: str, topic: str, out: str, n: int, batch: int,
     dt = marks["t1"] - marks["t0"]
     n_done = r.stats.processed
     return {"frames": n_done, "seconds": dt, "fps": n_done / dt,
-            "rss_mib": _rss_mib(), "base_rss_mib": base,
+            "rss_mib": rss_mib(), "base_rss_mib": base,
             "cpu_us_per_frame": (marks["c1"] - marks["c0"]) / n_done * 1e6,
             "sequence_gaps": r.stats.sequence_gaps, "dlq": r.stats.dlq}
 

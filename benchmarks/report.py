@@ -35,6 +35,16 @@ def median_rate(fn: Callable[[], int], repeats: int = 5, min_seconds: float = 0.
     return statistics.median(rates)
 
 
+def rss_mib(field: str = "VmHWM") -> float:
+    """This process's peak (``VmHWM``) or current (``VmRSS``) RSS in MiB, from /proc;
+    ``ru_maxrss`` would carry the parent's peak across fork + exec."""
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
 def machine() -> str:
     return f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
 
