@@ -104,7 +104,9 @@ def child_runner(bootstrap: str, topic: str, out: str, n: int, batch: int,
     from pvaflow.processors.runner import Runner, RunnerConfig
 
     from benchmarks.report import rss_mib
+    from pvaflow.memory import release_large_frees
 
+    release_large_frees()  # as pvaflow-consumer does at start
     base = rss_mib("VmRSS")
     cfg = RunnerConfig(input_topics=[topic], group=f"bench-runner-{uuid.uuid4().hex[:8]}",
                        output_topic=out, dlq_topic=None, bootstrap=bootstrap,
@@ -160,16 +162,19 @@ def _delete_topics(bootstrap: str, topics: list[str]) -> None:
 
 
 def memory_bound_mib(frame_bytes: int, batch: int, max_queue: int, base: float) -> float:
-    """The documented bound: interpreter baseline + librdkafka prefetch
-    (queued.max.messages.kbytes) + one fetch response (fetch.max.bytes) + the consumed batch
-    held in Python + the producer's undelivered frames (--max-queue-size frames, at most
-    queue.buffering.max.kbytes)."""
+    """The documented bound (docs/operations.md, "Bounded memory"): interpreter baseline +
+    librdkafka prefetch (queued.max.messages.kbytes) + two fetch responses (fetch.max.bytes:
+    the one that overshoots the prefetch, and the oldest one, which stays allocated until its
+    last message is freed, since messages point into it) + the consumed batch (inside those
+    responses) + one frame in and one out as Python copies + the producer's undelivered frames
+    (--max-queue-size frames, at most queue.buffering.max.kbytes)."""
     from pvaflow.settings import CONSUMER_DEFAULTS, PRODUCER_DEFAULTS
 
     prefetch = CONSUMER_DEFAULTS["queued.max.messages.kbytes"] * KiB
     fetch = CONSUMER_DEFAULTS["fetch.max.bytes"]
     produced = min(max_queue * frame_bytes, PRODUCER_DEFAULTS["queue.buffering.max.kbytes"] * KiB)
-    return base + (prefetch + fetch + batch * frame_bytes + produced) / MiB
+    held = (batch + 2) * frame_bytes
+    return base + (prefetch + 2 * fetch + held + produced) / MiB
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -277,11 +282,13 @@ runner's extra work per frame is decoding the record into a `Frame` (header pars
 8 us), re-encoding the output (about 2.5 us), delivery tracking and statistics.
 
 The RSS bound is documented in docs/plugins.md ("Memory"): interpreter baseline +
-`queued.max.messages.kbytes` + `fetch.max.bytes` + batch x frame size +
-min(`--max-queue-size` x frame size, `queue.buffering.max.kbytes`). Peak RSS is the process's
-own high-water mark (`VmHWM`). The bound counts the bytes the queues may hold, not the
-allocator's slack; where the runner's peak passes it, compare the bare loop's peak, which holds
-the same librdkafka queues without any pvaflow code.
+`queued.max.messages.kbytes` + 2 x `fetch.max.bytes` (the fetch overshooting the prefetch, and
+the oldest response, which stays allocated while any of its messages lives) + (batch + 2) x
+frame size + min(`--max-queue-size` x frame size, `queue.buffering.max.kbytes`). Peak RSS is
+the process's own high-water mark (`VmHWM`). The runner fixes glibc's mmap threshold at
+1 MiB as `pvaflow-consumer` does (`pvaflow.memory`); the bare loop runs with glibc's default,
+which keeps freed 2 MiB frames in the heap (measured 80-135 MiB at the peak), so its peak is
+shown for comparison, not held to the bound.
 
 ![processors](img/processors.png)
 """

@@ -15,6 +15,7 @@ from typing import Any
 from prometheus_client import REGISTRY
 
 from pvaflow import metrics
+from pvaflow.memory import release_large_frees
 from pvaflow.options import Parser, add_kafka_args, add_run_args, parse
 from pvaflow.settings import parse_override
 from pvaflow.topics import TopicError
@@ -109,6 +110,7 @@ def config_from_args(args: argparse.Namespace) -> BridgeConfig:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parse(parser, argv)
+    release_large_frees()
     try:
         bridge = Bridge(config_from_args(args))
     except (ConfigError, PlanError) as exc:

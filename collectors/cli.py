@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from pvaflow.control import CONTROL_TOPIC, STATUS_TOPIC
+from pvaflow.memory import release_large_frees
 from pvaflow.metrics import serve
 from pvaflow.options import Parser, add_kafka_args, add_run_args, parse
 
@@ -68,6 +69,7 @@ def build_parser() -> Parser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parse(parser, argv)
+    release_large_frees()
     if not (args.output_topic or args.output_channel or args.output_dir):
         log.warning("no output given (--output-topic/--output-channel/--output-dir): "
                     "frames are reordered and counted only")

@@ -19,6 +19,7 @@ from confluent_kafka.admin import AdminClient
 from prometheus_client import REGISTRY
 
 from pvaflow.control import CONTROL_TOPIC, STATUS_TOPIC, ComponentId, ControlAgent
+from pvaflow.memory import release_large_frees
 from pvaflow.metrics import serve
 from pvaflow.options import Parser, add_kafka_args, add_run_args, parse
 from pvaflow.plugin import PluginError, Processor, PvaPyAdapter, load_processor
@@ -90,6 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse(build_parser(), argv)
+    release_large_frees()
     try:
         config = json.loads(args.processor_args)
     except ValueError as exc:
