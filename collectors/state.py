@@ -95,6 +95,10 @@ class OffsetTracker:
         else:
             self._done.setdefault(tp, set()).add(offset)
 
+    def cached(self, tp: TP) -> int:
+        """How many of ``tp``'s records are still in the reorder cache."""
+        return len(self._held.get(tp, ())) - len(self._done.get(tp, ()))
+
     def positions(self) -> dict[TP, int]:
         out = {}
         for tp, nxt in self._next.items():
