@@ -18,6 +18,7 @@ import logging
 import os
 import signal
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -197,13 +198,19 @@ def metrics_text(view: Mapping[str, Any]) -> bytes:
 def build_app(
     bootstrap: str, *, app_id: str = APP_ID, status_topic: str = STATUS_TOPIC,
     web_host: str = "127.0.0.1", web_port: int = 6066, stale_after: float = STALE_AFTER,
+    data_dir: str | None = None,
 ) -> tuple[Any, Callable[[], dict[str, Any]]]:
     """The faust app and a function returning the current view (for other exporters)."""
     import faust
+    # faust writes its app directory even with an in-memory store; not into the cwd, which
+    # may be read-only in a pod (and is the source tree in tests).
+    data_dir = data_dir or os.path.join(tempfile.gettempdir(), "pvaflow-monitor", app_id)
+    os.makedirs(data_dir, exist_ok=True)
     app = faust.App(
         app_id, broker=f"kafka://{bootstrap}", store="memory://", web_host=web_host,
         web_port=web_port, web_enabled=True, topic_replication_factor=1, topic_partitions=1,
         consumer_auto_offset_reset="earliest",
+        datadir=data_dir,
     )
     topic = app.topic(status_topic, key_type=bytes, value_type=bytes, key_serializer="raw",
                       value_serializer="raw", partitions=1)
@@ -246,6 +253,8 @@ def build_parser() -> Parser:
     p.add_argument("--web-host", default="127.0.0.1",
                    help="address of the HTTP server (default: %(default)s; 0.0.0.0 in a pod)")
     p.add_argument("--web-port", type=int, default=6066, help="(default: %(default)s)")
+    p.add_argument("--data-dir", default=None, metavar="DIR",
+                   help="faust's app directory (default: <tmp>/pvaflow-monitor/<app-id>)")
     p.add_argument("--stale-after", type=float, default=STALE_AFTER, metavar="SECONDS",
                    help="a component silent this long shows as stale (default: %(default)s)")
     add_kafka_args(p)
@@ -264,7 +273,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     bootstrap = resolve_bootstrap(args.bootstrap_servers)
     ensure_topic(args.status_topic, 1, bootstrap=bootstrap, strict=False)
     app, view = build_app(bootstrap, app_id=args.app_id, status_topic=args.status_topic,
-                    web_host=args.web_host, web_port=args.web_port, stale_after=args.stale_after)
+                          web_host=args.web_host, web_port=args.web_port,
+                          stale_after=args.stale_after, data_dir=args.data_dir)
     if args.metrics_port is not None:
         from prometheus_client import REGISTRY
 

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import urllib.request
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -82,6 +83,7 @@ def test_status_totals_match_final_stats_and_survive_monitor_restart(
     wait_for(lambda: (_get(url + "/status") or {}).get("stages") and any(
         s["kind"] == "collector" and s["frames_out"] == 300
         for s in _get(url + "/status")["stages"]), 120, "collector total in the monitor")
+    assert not Path(f"{app_id}-data").exists(), "faust's app dir belongs in <tmp>, not the cwd"
     for p in reversed(procs.started[1:]):  # components first, the monitor last
         assert p.stop() == 0
     finals = {m["component"]: m["stats"] for m in read_status_topic(status_topic, kafka_bootstrap)
