@@ -104,9 +104,13 @@ def test_status_totals_match_final_stats_and_survive_monitor_restart(
     mon.kill()  # SIGKILL: only the changelog can bring the table back
     mon.wait()
     procs("monitor2", *mon_args)
-    assert wait_for(lambda: totals(_get(url + "/status") or {"stages": []}) == expected, 120,
-                    "totals after the monitor restart")
-    assert all(c["state"] == "stopped" for c in _get(url + "/status")["components"])
+
+    def recovered() -> bool:  # the table fills in while the changelog replays
+        view = _get(url + "/status") or {"stages": [], "components": []}
+        states = [c["state"] for c in view["components"]]
+        return totals(view) == expected and states == ["stopped"] * 3
+
+    assert wait_for(recovered, 120, "totals and stopped states after the monitor restart")
     # What an operator types: `pvaflow status` as JSON and as the table.
     cli = [sys.executable, "-m", "pvaflow.cli", "status", "--monitor", url]
     out = subprocess.run([*cli, "--json"], capture_output=True, text=True, timeout=60, check=True)
