@@ -1,10 +1,11 @@
 """Collector reorder throughput vs a bare confluent-kafka consumer, same topic, same run.
 
 16 KiB frames, uniqueId i in partition (i - 1) % 8, so every partition is in order but the
-collector must interleave eight of them through a bounded cache (its flow control pauses the
-partitions that run ahead). Each side runs in a fresh subprocess (clean RSS), alternating,
-and reads the whole topic from the start with its own consumer group; the rate counts from the
-first record read to the last frame out, so group joins are excluded.
+collector must interleave eight of them through a bounded cache (its flow control pauses a
+partition that holds more than its share of the cache). Each side runs in a fresh subprocess
+(clean RSS), alternating, and reads the whole topic from the start with its own consumer
+group; the rate counts from the first record read to the last frame out, so group joins are
+excluded.
 
     .venv/bin/python -m benchmarks.collector [--frames 200000] [--repeats 3]
 """
