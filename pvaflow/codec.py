@@ -8,6 +8,7 @@ only copy on the consume side is the one the Kafka client makes when it hands ou
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import struct
@@ -295,21 +296,16 @@ def _utf8(h: dict[str, bytes], name: str) -> str:
 
 
 def _shape(h: dict[str, bytes]) -> tuple[int, ...]:
-    raw_bytes = h.get("pf.shape")
-    shape = _SHAPES.get(raw_bytes) if raw_bytes is not None else None
-    if shape is None:
-        shape = _parse_shape(_text(h, "pf.shape"))
-        if len(_SHAPES) >= 256:
-            _SHAPES.clear()
-        _SHAPES[cast(bytes, raw_bytes)] = shape
-    return shape
+    raw = h.get("pf.shape")
+    if raw is None:
+        raise FrameError("header pf.shape is missing")
+    return _parse_shape(raw)
 
 
-# Parsed shape headers (bounded): a stream repeats one shape, parsing it costs ~1.5 us.
-_SHAPES: dict[bytes, tuple[int, ...]] = {}
-
-
-def _parse_shape(raw: str) -> tuple[int, ...]:
+# Memoized both ways (bounded): a stream repeats one shape, and parsing costs ~1.5 us.
+@functools.lru_cache(maxsize=256)
+def _parse_shape(header: bytes) -> tuple[int, ...]:
+    raw = header.decode(errors="replace")
     try:
         shape = tuple(int(n) for n in raw.split(",")) if raw else ()
     except ValueError as exc:
@@ -319,17 +315,9 @@ def _parse_shape(raw: str) -> tuple[int, ...]:
     return shape
 
 
+@functools.lru_cache(maxsize=256)
 def _shape_header(shape: tuple[int, ...]) -> bytes:
-    raw = _SHAPE_HEADERS.get(shape)
-    if raw is None:
-        raw = ",".join(map(str, shape)).encode()
-        if len(_SHAPE_HEADERS) >= 256:
-            _SHAPE_HEADERS.clear()
-        _SHAPE_HEADERS[shape] = raw
-    return raw
-
-
-_SHAPE_HEADERS: dict[tuple[int, ...], bytes] = {}
+    return ",".join(map(str, shape)).encode()
 
 
 def _plain_dims(shape: tuple[int, ...]) -> tuple[Dimension, ...]:
