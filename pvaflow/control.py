@@ -25,17 +25,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from confluent_kafka import (
-    OFFSET_END,
-    Consumer,
-    KafkaError,
-    KafkaException,
-    Producer,
-    TopicPartition,
-)
+from confluent_kafka import OFFSET_END, Consumer, Producer, TopicPartition
 
 from .settings import consumer_config, producer_config
-from .topics import ensure_topic
+from .topics import ensure_topic, watermarks
 
 log = logging.getLogger(__name__)
 
@@ -113,26 +106,10 @@ class ControlAgent:
             f"pvaflow-control-{component}-{uuid.uuid4().hex[:8]}", bootstrap, overrides,
             queued_max_messages_kbytes=1024,
         ))
-        high = self._end_offset(control_topic)
+        _low, high = watermarks(self._consumer, control_topic)
         self._consumer.assign([TopicPartition(control_topic, 0, high if high >= 0 else OFFSET_END)])
         self._thread = threading.Thread(target=self._run, name=f"control-{component}", daemon=True)
         self._thread.start()
-
-    def _end_offset(self, topic: str, timeout: float = 10.0) -> int:
-        """Where new commands will land. A topic that another component has only just
-        created can be unknown to this client's metadata for a moment (two consumers
-        started together crashed on it), so that error is retried until ``timeout``."""
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                _low, high = self._consumer.get_watermark_offsets(
-                    TopicPartition(topic, 0), timeout=timeout, cached=False)
-                return int(high)
-            except KafkaException as exc:
-                if exc.args[0].code() != KafkaError._UNKNOWN_PARTITION or \
-                        time.monotonic() > deadline:
-                    raise
-                time.sleep(0.2)
 
     def publish_status(self, final: bool = False) -> None:
         c = self.component

@@ -58,6 +58,24 @@ def ensure_topic(
     return partitions
 
 
+def watermarks(consumer: Consumer, topic: str, timeout: float = 10.0) -> tuple[int, int]:
+    """(low, high) watermarks of partition 0. A topic another component has only just
+    created can be unknown to this client's metadata for a moment (two consumers started
+    together crashed on it), so that error is retried until ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            low, high = consumer.get_watermark_offsets(
+                TopicPartition(topic, 0), timeout=max(0.1, deadline - time.monotonic()),
+                cached=False)
+            return int(low), int(high)
+        except KafkaException as exc:
+            if exc.args[0].code() != KafkaError._UNKNOWN_PARTITION or \
+                    time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
 def read_partition(
     topic: str,
     bootstrap: str | None = None,
@@ -78,8 +96,7 @@ def read_partition(
     try:
         start = OFFSET_BEGINNING
         if tail is not None:
-            low, high = consumer.get_watermark_offsets(
-                TopicPartition(topic, 0), timeout=timeout, cached=False)
+            low, high = watermarks(consumer, topic, timeout)
             if high <= low:
                 return [], True
             start = max(low, high - tail)
