@@ -18,7 +18,7 @@ from __future__ import annotations
 import heapq
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
@@ -88,8 +88,13 @@ class Reorderer(Generic[T]):
         self.stats = ReorderStats()
         self._clock = clock or time.monotonic
         self._cache: dict[int, T] = {}
-        self._heap: list[int] = []  # cached ids; the minimum is always the next to leave
-        self._arrivals: deque[tuple[float, int]] = deque()  # (arrival, id), arrival order
+        # Cached ids as a heap, needed only to skip a gap (the in-order run leaves through
+        # dict lookups): rebuilt when ids were cached since; released ids leave its top lazily.
+        self._heap: list[int] = []
+        self._heap_stale = False
+        # (arrival, highest id cached then) per push. Every cached id is >= the next expected,
+        # so an entry whose highest id is below it holds nothing cached any more.
+        self._arrivals: deque[tuple[float, int]] = deque()
 
     # -- queries ---------------------------------------------------------------------------
 
@@ -104,7 +109,7 @@ class Reorderer(Generic[T]):
     @property
     def lowest(self) -> int | None:
         """Lowest cached id (the next to leave)."""
-        return self._heap[0] if self._heap else None
+        return self._lowest() if self._cache else None
 
     def pending(self) -> Iterable[tuple[int, T]]:
         return self._cache.items()
@@ -122,61 +127,86 @@ class Reorderer(Generic[T]):
 
     def push(self, uid: int, item: T, now: float | None = None) -> tuple[str, list[tuple[int, T]]]:
         """Offer one frame; returns its fate (``cached``, ``late``, ``duplicate``) and what is
-        released now (possibly including this frame)."""
+        released now (possibly including this frame; the time bound is left to
+        :meth:`release`)."""
+        rejected, out = self.push_many([uid], [item], now)
+        return (rejected[0][0] if rejected else "cached"), out
+
+    def push_many(
+        self, uids: Sequence[int], items: Sequence[T], now: float | None = None
+    ) -> tuple[list[tuple[str, int, T]], list[tuple[int, T]]]:
+        """Offer one poll's frames at once (the collector's hot path).
+
+        Returns the frames not cached, with their fate (``late`` or ``duplicate``), and what
+        is released now, in order. The whole poll is cached before anything is released, so a
+        gap filled later in the same poll is not skipped; the cache bound holds after the
+        call. The time bound is left to :meth:`release`.
+        """
         now = self._clock() if now is None else now
-        self.stats.received += 1
+        cache, stats = self._cache, self.stats
+        stats.received += len(uids)
         nxt = self.state.next_expected
-        if nxt is not None and uid < nxt:
-            fate = self.classify_old(uid)
-            if fate == "late":
-                self.stats.late += 1
-            else:
-                self.stats.duplicates += 1
-            return fate, self.release(now)
-        if uid in self._cache:
-            self.stats.duplicates += 1
-            return "duplicate", self.release(now)
-        self._cache[uid] = item
-        heapq.heappush(self._heap, uid)
-        self._arrivals.append((now, uid))
-        depth = len(self._cache)
-        if self._heap[0] != nxt and depth <= self.cache_size:
-            # Nothing can leave (the usual case: the frame waits for a lower id), so the
-            # release() call is skipped on the collector's hottest path.
-            if depth > self.stats.peak_cache_depth:
-                self.stats.peak_cache_depth = depth
-            return "cached", []
-        # The time bound is checked by the periodic release(); here only order and size.
-        return "cached", self.release(now, check_time=False)
+        rejected: list[tuple[str, int, T]] = []
+        new = dict(zip(uids, items, strict=True))
+        if not new:
+            return rejected, []
+        if len(new) != len(uids) or (nxt is not None and min(new) < nxt) \
+                or not cache.keys().isdisjoint(new):
+            new = {}  # the rare case, one frame at a time: a copy or an id already passed
+            for uid, item in zip(uids, items, strict=True):
+                if uid in new or uid in cache:
+                    fate = "duplicate"
+                elif nxt is not None and uid < nxt:
+                    fate = self.classify_old(uid)
+                else:
+                    new[uid] = item
+                    continue
+                if fate == "late":
+                    stats.late += 1
+                else:
+                    stats.duplicates += 1
+                rejected.append((fate, uid, item))
+        if new:
+            cache.update(new)
+            self._arrivals.append((now, max(new)))
+            self._heap_stale = True
+        if len(cache) > self.cache_size or nxt in cache:
+            return rejected, self.release(now, check_time=False)
+        stats.peak_cache_depth = max(stats.peak_cache_depth, len(cache))
+        return rejected, []
 
     def release(self, now: float | None = None, check_time: bool = True) -> list[tuple[int, T]]:
         """Everything that may leave now: the next expected run, plus skips forced by the
         cache bound or the time bound. Call it periodically even without input."""
         now = self._clock() if now is None else now
+        cache, state = self._cache, self.state
         out: list[tuple[int, T]] = []
-        while self._heap:
-            lowest = self._heap[0]
-            nxt = self.state.next_expected
-            if nxt is not None and lowest == nxt:
-                out.append(self._pop())
+        nxt = state.next_expected
+        while cache:
+            if nxt is not None and nxt in cache:
+                while nxt in cache:
+                    out.append((nxt, cache.pop(nxt)))
+                    nxt += 1
+                state.next_expected = nxt
                 continue
-            if len(self._cache) > self.cache_size or (
+            if len(cache) > self.cache_size or (
                     check_time and self._oldest_wait(now) >= self.max_delay):
-                if nxt is None:  # the start-up wait is not a gap: restart every clock
-                    self._arrivals = deque((now, uid) for uid in sorted(self._cache))
-                self._skip_to(lowest)
-                out.append(self._pop())
+                nxt = self._lowest()
+                if state.next_expected is None:  # the start-up wait is not a gap: restart
+                    self._arrivals = deque([(now, max(cache))])  # every clock
+                self._skip_to(nxt)
                 continue
             break
-        self.stats.peak_cache_depth = max(self.stats.peak_cache_depth, len(self._cache))
+        self.stats.emitted += len(out)
+        self.stats.peak_cache_depth = max(self.stats.peak_cache_depth, len(cache))
         return out
 
     def flush(self) -> list[tuple[int, T]]:
         """Release every cached frame in order, counting gaps as missed (end of stream)."""
         out: list[tuple[int, T]] = []
-        while self._heap:
-            self._skip_to(self._heap[0])
-            out.append(self._pop())
+        while self._cache:
+            self._skip_to(self._lowest())
+            out += self.release(check_time=False)
         return out
 
     def reset_stats(self) -> None:
@@ -184,12 +214,15 @@ class Reorderer(Generic[T]):
 
     # -- internals -------------------------------------------------------------------------
 
-    def _pop(self) -> tuple[int, T]:
-        uid = heapq.heappop(self._heap)
-        item = self._cache.pop(uid)
-        self.state.next_expected = uid + 1
-        self.stats.emitted += 1
-        return uid, item
+    def _lowest(self) -> int:
+        heap, cache = self._heap, self._cache
+        if self._heap_stale or len(heap) > 2 * len(cache) + 64:
+            heap[:] = cache
+            heapq.heapify(heap)
+            self._heap_stale = False
+        while heap[0] not in cache:
+            heapq.heappop(heap)
+        return heap[0]
 
     def _skip_to(self, uid: int) -> None:
         nxt = self.state.next_expected
@@ -203,9 +236,10 @@ class Reorderer(Generic[T]):
         self.state.next_expected = uid
 
     def _oldest_wait(self, now: float) -> float:
-        arrivals = self._arrivals
-        while arrivals and arrivals[0][1] not in self._cache:
-            arrivals.popleft()
-        if len(arrivals) > 2 * len(self._cache) + 64:  # drop emitted ids queued behind
-            self._arrivals = arrivals = deque(a for a in arrivals if a[1] in self._cache)
+        arrivals, nxt = self._arrivals, self.state.next_expected
+        if nxt is not None:
+            while arrivals and arrivals[0][1] < nxt:
+                arrivals.popleft()
+            if len(arrivals) > 2 * len(self._cache) + 64:  # drop emptied entries queued behind
+                self._arrivals = arrivals = deque(a for a in arrivals if a[1] >= nxt)
         return now - arrivals[0][0] if arrivals else 0.0

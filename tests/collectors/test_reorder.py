@@ -133,3 +133,38 @@ def test_restart_from_saved_state_never_emits_twice_and_loses_nothing(n, w, seed
     after = run(again, arrivals)  # replay from an offset before anything still cached
     assert before + after == list(range(1, n + 1))
     assert again.stats.duplicates == len(before) and again.stats.late == 0
+
+
+@given(uids=st.lists(st.integers(0, 80), max_size=300), cuts=st.lists(st.integers(1, 40)),
+       cache=st.integers(1, 16))
+def test_pushing_a_poll_at_once_keeps_every_bound_and_account(uids, cuts, cache: int):
+    r: Reorderer[int] = Reorderer(cache_size=cache, max_delay=INF)
+    emitted: list[int] = []
+    rejected = {"late": 0, "duplicate": 0}
+    late: set[int] = set()
+    i = 0
+    for size in [*cuts, len(uids)]:
+        poll, i = uids[i:i + size], i + size
+        bad, out = r.push_many(poll, poll, now=0.0)
+        for fate, uid, item in bad:
+            rejected[fate] += 1
+            assert uid == item
+            if fate == "late":
+                late.add(uid)
+        emitted += [u for u, _ in out]
+        assert r.depth <= cache
+    emitted += [u for u, _ in r.flush()]
+    assert emitted == sorted(set(emitted))  # strictly increasing, each once
+    s = r.stats
+    assert (s.late, s.duplicates) == (rejected["late"], rejected["duplicate"])
+    assert s.received == len(uids) == s.emitted + s.late + s.duplicates
+    assert set(emitted) == set(uids) - late  # nothing cached is lost
+
+
+def test_a_gap_filled_later_in_the_same_poll_is_not_skipped():
+    r: Reorderer[str] = Reorderer(cache_size=2, max_delay=INF, state=ReorderState(1))
+    _, out = r.push_many([3, 4, 5, 1, 2], list("cdeab"))
+    assert [u for u, _ in out] == [1, 2, 3, 4, 5]
+    assert r.stats.missed == 0
+    one_by_one: Reorderer[int] = Reorderer(cache_size=2, max_delay=INF, state=ReorderState(1))
+    assert run(one_by_one, [3, 4, 5, 1, 2]) == [3, 4, 5]  # the cache overflowed first
