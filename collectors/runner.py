@@ -11,10 +11,12 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
+import numpy as np
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
 from pvaflow import codec
@@ -26,7 +28,7 @@ from pvaflow.topics import ensure_topic
 
 from .outputs import Output
 from .reorder import Reorderer
-from .state import STATE_TOPIC, TP, OffsetTracker, SavedState, ensure_state_topic, load_state
+from .state import STATE_TOPIC, TP, SavedState, committable, ensure_state_topic, load_state
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +93,7 @@ class Collector:
         self.saved = load_state(cfg.state_topic, cfg.group, cfg.bootstrap, cfg.overrides)
         self.reorder: Reorderer[Message] = Reorderer(
             cfg.cache_size, cfg.max_delay, state=self.saved.reorder)
-        self.tracker = OffsetTracker()
+        self._cached: Counter[TP] = Counter()  # records per partition in the reorder cache
         conf = consumer_config(
             cfg.group, cfg.bootstrap, cfg.overrides,
             **{"group.instance.id": f"collector-{cfg.collector_id}",
@@ -174,14 +176,9 @@ class Collector:
         next_commit = time.monotonic() + cfg.commit_interval
         try:
             while not self._stop.is_set() and time.monotonic() < deadline:
-                # Batches of a quarter share let _balance pause a partition before it
-                # overshoots its share by more than that. Larger polls (half the free cache)
-                # lost ids in a backlog through a 200-frame cache, although a bare consumer
-                # polling 31 records at a time runs about 12% slower than with 500.
-                quarter = self.reorder.cache_size // (4 * max(1, len(self._assigned)))
-                batch = max(1, min(500, quarter))
-                for msg in self.consumer.consume(batch, 0.05):
-                    self._on_message(msg)
+                msgs = self.consumer.consume(self._poll_size(), 0.05)
+                if msgs:
+                    self._on_messages(msgs)
                 self._emit(self.reorder.release())
                 self._balance()
                 if time.monotonic() >= next_commit:
@@ -202,41 +199,89 @@ class Collector:
         self.consumer.close()
         self.producer.flush(10)
 
-    def _on_message(self, msg: Message) -> None:
-        err = msg.error()
-        if err is not None:
-            if err.code() == KafkaError._PARTITION_EOF:
-                self._at_end.add((msg.topic() or "", msg.partition() or 0))
-            else:
-                log.warning("consumer error: %s", err)
-            return
+    def _on_messages(self, msgs: list[Message]) -> None:
+        """One poll's records into the reorder cache.
+
+        The collector's hot path: per-record work runs in C-level passes (comprehensions,
+        zip, dict and Counter updates) and one push per poll. A Python loop per record cost
+        the collector more CPU than consuming the records did.
+        """
         self._dirty = True
-        tp: TP = (msg.topic() or "", msg.partition() or 0)
-        offset = msg.offset() or 0
-        if self._at_end:
-            self._at_end.discard(tp)
-        key = msg.key()
-        try:  # the key is the uniqueId (cheaper than building the header list)
-            uid = int.from_bytes(key, "big") if key is not None and len(key) == 8 \
-                else int(codec.header(msg.headers(), "pf.uid") or b"")
-        except (ValueError, codec.FrameError):
-            self.errors += 1
-            self.tracker.consumed(tp, offset, held=False)
-            return
+        records_only = not any(map(Message.error, msgs))
+        if not records_only:
+            msgs = self._drop_events(msgs)
+        keys = cast(list[bytes], [m.key() for m in msgs])
+        try:  # the key is the uniqueId, 8 bytes big-endian (cheaper than the headers)
+            if set(map(len, keys)) != {8}:  # (a None key raises TypeError too)
+                raise TypeError
+            uids: list[int] = np.frombuffer(b"".join(keys), ">u8").tolist()
+        except TypeError:
+            msgs, uids = self._uids_one_by_one(msgs)
         nxt = self.reorder.state.next_expected
-        if nxt is not None and uid < nxt and offset < self.saved.consumed.get(tp, -1):
-            self.replayed += 1  # emitted before a restart, read again from committed offsets
-            self.tracker.consumed(tp, offset, held=False)
-            return
-        self.tracker.consumed(tp, offset, held=True)
-        self._last_uid[tp] = uid
-        fate, out = self.reorder.push(uid, msg)
-        if fate != "cached":
-            self.tracker.released(tp, offset)
-            if fate == "late" and self.cfg.late_topic:
-                self._produce(self.cfg.late_topic, msg.value(), msg.key(), msg.headers())
+        if uids and nxt is not None and self.saved.consumed and min(uids) < nxt:
+            msgs, uids = self._drop_replays(msgs, uids, nxt)
+        tps = _partitions(msgs)
+        if records_only and self._at_end:
+            self._at_end.difference_update(tps)
+        self._last_uid.update(zip(tps, uids, strict=True))
+        self._cached.update(tps)
+        rejected, out = self.reorder.push_many(uids, msgs)
+        if rejected:
+            self._uncount([m for _fate, _uid, m in rejected])
+            for fate, _uid, msg in rejected:
+                if fate == "late" and self.cfg.late_topic:
+                    self._produce(self.cfg.late_topic, msg.value(), msg.key(), msg.headers())
         if out:
             self._emit(out)
+
+    def _drop_events(self, msgs: list[Message]) -> list[Message]:
+        """The records of a poll that also holds events (end of partition, errors)."""
+        records = []
+        for msg in msgs:
+            err = msg.error()
+            tp = (msg.topic() or "", msg.partition() or 0)
+            if err is None:
+                records.append(msg)
+                self._at_end.discard(tp)
+            elif err.code() == KafkaError._PARTITION_EOF:
+                self._at_end.add(tp)
+            else:
+                log.warning("consumer error: %s", err)
+        return records
+
+    def _uids_one_by_one(self, msgs: list[Message]) -> tuple[list[Message], list[int]]:
+        """UniqueIds of records whose key is not one: from the header, or counted as errors."""
+        kept, uids = [], []
+        for msg in msgs:
+            key = msg.key()
+            try:
+                uids.append(int.from_bytes(key, "big") if key is not None and len(key) == 8
+                            else int(codec.header(msg.headers(), "pf.uid") or b""))
+                kept.append(msg)
+            except (ValueError, codec.FrameError):
+                self.errors += 1
+        return kept, uids
+
+    def _drop_replays(
+        self, msgs: list[Message], uids: list[int], nxt: int
+    ) -> tuple[list[Message], list[int]]:
+        """Records emitted before a restart and read again from the committed offsets."""
+        before = self.saved.consumed
+        kept, kept_uids = [], []
+        for msg, uid in zip(msgs, uids, strict=True):
+            tp = (msg.topic() or "", msg.partition() or 0)
+            if uid < nxt and (msg.offset() or 0) < before.get(tp, -1):
+                self.replayed += 1
+            else:
+                kept.append(msg)
+                kept_uids.append(uid)
+        return kept, kept_uids
+
+    def _uncount(self, msgs: list[Message]) -> None:
+        cached = self._cached
+        for tp, n in Counter(_partitions(msgs)).items():
+            if tp in cached:  # not if its partition was revoked meanwhile
+                cached[tp] -= n
 
     def _emit(self, items: list[tuple[int, Message]]) -> None:
         topic = self.cfg.output_topic
@@ -248,9 +293,8 @@ class Collector:
             self._missed_logged = self.reorder.stats.missed
         if items:
             self._dirty = True
+        self._uncount([msg for _uid, msg in items])
         for _uid, msg in items:
-            tp = (msg.topic() or "", msg.partition() or 0)
-            self.tracker.released(tp, msg.offset() or 0)
             if self.plugin is None and not self.sinks:
                 if topic:
                     self._produce(topic, msg.value(), msg.key(), msg.headers())
@@ -288,8 +332,12 @@ class Collector:
         """Outputs, state and offsets in one transaction; then open the next one."""
         if not self._dirty:
             return
-        positions = self.tracker.positions()
-        state = SavedState(self.reorder.state, self.tracker.consumed_positions())
+        consumed = {(p.topic, p.partition): p.offset for p in self.consumer.position(
+            [TopicPartition(t, p) for t, p in self._assigned]) if p.offset >= 0}
+        cached = [m for _uid, m in self.reorder.pending()]
+        offsets = cast(list[int], [m.offset() for m in cached])
+        positions = committable(consumed, zip(_partitions(cached), offsets, strict=True))
+        state = SavedState(self.reorder.state, consumed)
         self.producer.produce(self.cfg.state_topic, state.encode(), self.cfg.group.encode(),
                               partition=0)
         if positions:
@@ -306,26 +354,49 @@ class Collector:
         self._dirty = False
         self.producer.begin_transaction()
 
+    def _poll_size(self) -> int:
+        """Records to take in one poll: as many as lets no partition overshoot its share by
+        more than a quarter share (cache size / 4 / partitions), which is what keeps room in
+        the cache for the partition furthest behind (_balance); at most half the free cache
+        and 500.
+
+        At least a quarter share; more while the partitions are below their shares, as small
+        polls cost (a bare consumer polling 31 records at a time is about 12% slower than with
+        500). A paused partition gets no records, so it does not limit the poll (the floor
+        partition, never paused, does: its records may run ahead of the others' too).
+        """
+        size = self.reorder.cache_size
+        live, _floor, share = self._shares()
+        quarter = size // (4 * max(1, len(self._assigned)))
+        room = min((share - self._cached[tp] for tp in live - self._paused), default=size)
+        return max(1, quarter, min(500, max(0, room) + quarter, (size - self.reorder.depth) // 2))
+
+    def _shares(self) -> tuple[set[TP], TP | None, int]:
+        """The partitions under flow control (assigned, not at their end), the one furthest
+        behind (lowest last uniqueId: the next id comes from it) and each one's share of the
+        cache (3/4 of cache size / partitions; no floor and the whole cache for one)."""
+        live = self._assigned - self._at_end
+        if len(live) < 2:
+            return live, None, self.reorder.cache_size
+        last = self._last_uid
+        floor = min(live, key=lambda tp: last.get(tp, -1))
+        return live, floor, 3 * self.reorder.cache_size // (4 * len(live))
+
     def _balance(self) -> None:
         """Flow control across partitions, so a backlog cannot fill the cache from a few
         partitions while the missing ids wait, unread, in another one.
 
-        A partition pauses when it holds more than its share of the cache (3/4 of cache size /
-        live partitions) and resumes at half that; with a quarter share read per poll none
-        holds more than cache size / partitions. The partition furthest behind (lowest last
-        uniqueId) never pauses, since the next id comes from it, and neither do partitions
-        read to their end. Pausing drops what librdkafka prefetched for the partition, so
-        the rule must not fire on the skew of one record batch: pausing whenever a partition
-        was half a cache ahead did, ~2,000 times per 200,000 benchmark frames.
+        A partition pauses when it holds more than its share of the cache and resumes at half
+        that; with polls sized by _poll_size none holds more than cache size / partitions. The
+        floor partition never pauses, and neither do partitions read to their end. Pausing
+        drops what librdkafka prefetched for the partition, so the rule must not fire on the
+        skew of one record batch: pausing whenever a partition was half a cache ahead did,
+        ~2,000 times per 200,000 benchmark frames.
         """
-        live = self._assigned - self._at_end
-        want: set[TP] = set()
-        if len(live) > 1:
-            share = 3 * self.reorder.cache_size // (4 * len(live))
-            last, cached = self._last_uid, self.tracker.cached
-            floor = min(live, key=lambda tp: last.get(tp, -1))
-            want = {tp for tp in live if tp != floor
-                    and cached(tp) > (share // 2 if tp in self._paused else share)}
+        live, floor, share = self._shares()
+        cached = self._cached
+        want = {tp for tp in live if floor is not None and tp != floor
+                and cached[tp] > (share // 2 if tp in self._paused else share)}
         if want != self._paused:
             if self._paused - want:
                 self.consumer.resume([TopicPartition(t, p) for t, p in self._paused - want])
@@ -344,9 +415,15 @@ class Collector:
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         gone = [(p.topic, p.partition) for p in partitions]
         self._assigned.difference_update(gone)
-        self.tracker.forget(gone)
+        for tp in gone:
+            self._cached.pop(tp, None)
         self._at_end.difference_update(gone)
         self._paused.difference_update(gone)
 
     def _on_stats(self, stats_json: str) -> None:
         self.lag = sum(consumer_lag(stats_json).values())
+
+
+def _partitions(msgs: list[Message]) -> list[TP]:
+    topics, parts = map(Message.topic, msgs), map(Message.partition, msgs)
+    return cast(list[TP], list(zip(topics, parts, strict=True)))

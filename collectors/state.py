@@ -10,7 +10,7 @@ always agree: no id is emitted twice and none is lost.
 from __future__ import annotations
 
 import json
-from collections import deque
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -67,50 +67,17 @@ def load_state(
     return SavedState.decode(found[-1]) if found and found[-1] else SavedState()
 
 
-class OffsetTracker:
-    """Per input partition: the lowest offset still held in the reorder cache.
+def committable(consumed: Mapping[TP, int], held: Iterable[tuple[TP, int]]) -> dict[TP, int]:
+    """Offsets safe to commit, given each partition's next offset to consume and the
+    ``(partition, offset)`` of every record still in the reorder cache.
 
     A partition may be committed up to (not past) its oldest cached record; with nothing
-    cached, up to the last consumed record + 1. Records leave the cache out of offset order
-    (they leave in uniqueId order), so finished offsets are retired lazily from the front.
+    cached, up to its consumed position. Records leave the cache in uniqueId order, not offset
+    order, so the oldest is found by scanning the cache when committing (a few times a second,
+    at most cache-size records) instead of being tracked per record on the hot path.
     """
-
-    def __init__(self) -> None:
-        self._held: dict[TP, deque[int]] = {}
-        self._done: dict[TP, set[int]] = {}
-        self._next: dict[TP, int] = {}
-
-    def consumed(self, tp: TP, offset: int, held: bool) -> None:
-        self._next[tp] = offset + 1
-        if held:
-            self._held.setdefault(tp, deque()).append(offset)
-
-    def released(self, tp: TP, offset: int) -> None:
-        held = self._held.get(tp)
-        if held and held[0] == offset:
-            held.popleft()
-            done = self._done.get(tp)
-            while held and done and held[0] in done:
-                done.discard(held.popleft())
-        else:
-            self._done.setdefault(tp, set()).add(offset)
-
-    def cached(self, tp: TP) -> int:
-        """How many of ``tp``'s records are still in the reorder cache."""
-        return len(self._held.get(tp, ())) - len(self._done.get(tp, ()))
-
-    def positions(self) -> dict[TP, int]:
-        out = {}
-        for tp, nxt in self._next.items():
-            held = self._held.get(tp)
-            out[tp] = held[0] if held else nxt
-        return out
-
-    def consumed_positions(self) -> dict[TP, int]:
-        return dict(self._next)
-
-    def forget(self, tps: list[TP]) -> None:
-        for tp in tps:
-            self._held.pop(tp, None)
-            self._done.pop(tp, None)
-            self._next.pop(tp, None)
+    out = dict(consumed)
+    for tp, offset in held:
+        if offset < out.get(tp, -1):
+            out[tp] = offset
+    return out
