@@ -176,7 +176,13 @@ class Collector:
         next_commit = time.monotonic() + cfg.commit_interval
         try:
             while not self._stop.is_set() and time.monotonic() < deadline:
-                msgs = self.consumer.consume(self._poll_size(), 0.05)
+                # Batches of a quarter share let _balance pause a partition before it
+                # overshoots its share by more than that. Larger polls cost pauses: up to half
+                # the free cache lost ids in a backlog through a 200-frame cache, and polls
+                # sized by the partitions' room under their shares paused ~750 times per
+                # 200,000 benchmark frames (against ~22) and ran slower.
+                quarter = self.reorder.cache_size // (4 * max(1, len(self._assigned)))
+                msgs = self.consumer.consume(max(1, min(500, quarter)), 0.05)
                 if msgs:
                     self._on_messages(msgs)
                 self._emit(self.reorder.release())
@@ -354,23 +360,6 @@ class Collector:
         self._dirty = False
         self.producer.begin_transaction()
 
-    def _poll_size(self) -> int:
-        """Records to take in one poll: as many as lets no partition overshoot its share by
-        more than a quarter share (cache size / 4 / partitions), which is what keeps room in
-        the cache for the partition furthest behind (_balance); at most half the free cache
-        and 500.
-
-        At least a quarter share; more while the partitions are below their shares, as small
-        polls cost (a bare consumer polling 31 records at a time is about 12% slower than with
-        500). A paused partition gets no records, so it does not limit the poll (the floor
-        partition, never paused, does: its records may run ahead of the others' too).
-        """
-        size = self.reorder.cache_size
-        live, _floor, share = self._shares()
-        quarter = size // (4 * max(1, len(self._assigned)))
-        room = min((share - self._cached[tp] for tp in live - self._paused), default=size)
-        return max(1, quarter, min(500, max(0, room) + quarter, (size - self.reorder.depth) // 2))
-
     def _shares(self) -> tuple[set[TP], TP | None, int]:
         """The partitions under flow control (assigned, not at their end), the one furthest
         behind (lowest last uniqueId: the next id comes from it) and each one's share of the
@@ -387,7 +376,7 @@ class Collector:
         partitions while the missing ids wait, unread, in another one.
 
         A partition pauses when it holds more than its share of the cache and resumes at half
-        that; with polls sized by _poll_size none holds more than cache size / partitions. The
+        that; with a quarter share read per poll none holds more than cache size / partitions. The
         floor partition never pauses, and neither do partitions read to their end. Pausing
         drops what librdkafka prefetched for the partition, so the rule must not fire on the
         skew of one record batch: pausing whenever a partition was half a cache ahead did,
