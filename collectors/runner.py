@@ -338,8 +338,11 @@ class Collector:
         """Outputs, state and offsets in one transaction; then open the next one."""
         if not self._dirty:
             return
-        consumed = {(p.topic, p.partition): p.offset for p in self.consumer.position(
-            [TopicPartition(t, p) for t, p in self._assigned]) if p.offset >= 0}
+        # The consumer's own position (next offset per partition, where nothing was consumed
+        # yet a negative placeholder) instead of tracking every record's offset here.
+        mine = [TopicPartition(t, p) for t, p in self._assigned]
+        consumed = {(p.topic, p.partition): p.offset
+                    for p in (self.consumer.position(mine) if mine else []) if p.offset >= 0}
         cached = [m for _uid, m in self.reorder.pending()]
         offsets = cast(list[int], [m.offset() for m in cached])
         positions = committable(consumed, zip(_partitions(cached), offsets, strict=True))
@@ -360,32 +363,26 @@ class Collector:
         self._dirty = False
         self.producer.begin_transaction()
 
-    def _shares(self) -> tuple[set[TP], TP | None, int]:
-        """The partitions under flow control (assigned, not at their end), the one furthest
-        behind (lowest last uniqueId: the next id comes from it) and each one's share of the
-        cache (3/4 of cache size / partitions; no floor and the whole cache for one)."""
-        live = self._assigned - self._at_end
-        if len(live) < 2:
-            return live, None, self.reorder.cache_size
-        last = self._last_uid
-        floor = min(live, key=lambda tp: last.get(tp, -1))
-        return live, floor, 3 * self.reorder.cache_size // (4 * len(live))
-
     def _balance(self) -> None:
         """Flow control across partitions, so a backlog cannot fill the cache from a few
         partitions while the missing ids wait, unread, in another one.
 
-        A partition pauses when it holds more than its share of the cache and resumes at half
-        that; with a quarter share read per poll none holds more than cache size / partitions. The
-        floor partition never pauses, and neither do partitions read to their end. Pausing
-        drops what librdkafka prefetched for the partition, so the rule must not fire on the
-        skew of one record batch: pausing whenever a partition was half a cache ahead did,
-        ~2,000 times per 200,000 benchmark frames.
+        A partition pauses when it holds more than its share of the cache (3/4 of cache size /
+        live partitions) and resumes at half that; with a quarter share read per poll none
+        holds more than cache size / partitions. The partition furthest behind (lowest last
+        uniqueId) never pauses, since the next id comes from it, and neither do partitions
+        read to their end. Pausing drops what librdkafka prefetched for the partition, so
+        the rule must not fire on the skew of one record batch: pausing whenever a partition
+        was half a cache ahead did, ~2,000 times per 200,000 benchmark frames.
         """
-        live, floor, share = self._shares()
-        cached = self._cached
-        want = {tp for tp in live if floor is not None and tp != floor
-                and cached[tp] > (share // 2 if tp in self._paused else share)}
+        live = self._assigned - self._at_end
+        want: set[TP] = set()
+        if len(live) > 1:
+            share = 3 * self.reorder.cache_size // (4 * len(live))
+            last, cached = self._last_uid, self._cached
+            floor = min(live, key=lambda tp: last.get(tp, -1))
+            want = {tp for tp in live if tp != floor
+                    and cached[tp] > (share // 2 if tp in self._paused else share)}
         if want != self._paused:
             if self._paused - want:
                 self.consumer.resume([TopicPartition(t, p) for t, p in self._paused - want])
