@@ -82,7 +82,9 @@ def collector(bootstrap: str, topic: str, n: int, output: str | None) -> dict[st
     from pvaflow.collectors.runner import Collector, CollectorConfig
 
     from benchmarks.report import rss_mib
+    from pvaflow.memory import release_large_frees
 
+    release_large_frees()  # as pvaflow-collector does at start
     rss0 = rss_mib("VmRSS")
     tag = uuid.uuid4().hex[:6]
     cfg = CollectorConfig([topic], group=f"bench-col-{tag}", bootstrap=bootstrap,
@@ -190,7 +192,9 @@ to the last frame out; {a.repeats} alternating runs, medians. `reorder` is the c
 an output (reorder + transactions of state and offsets every 0.2 s); `reorder+topic` also writes
 every frame to an ordered output topic in the same transactions. `--collector-cache-size
 {CACHE}`; peak depth, flow-control pauses and peak RSS (`VmHWM`; in brackets the RSS before
-the collector started) are the maxima over the runs. Both sides fetch at most 256 KiB per
+the collector started) are the maxima over the runs. The collector runs with glibc's
+thresholds set as `pvaflow-collector` sets them (`pvaflow.memory`), the bare consumer with
+glibc's defaults. Both sides fetch at most 256 KiB per
 partition per request (the collector's default, so that every fetch interleaves the
 partitions; the bare consumer is faster with it too).
 
