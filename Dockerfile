@@ -13,6 +13,7 @@ COPY pvaflow /src/pvaflow
 COPY bridge /src/bridge
 COPY processors /src/processors
 COPY collectors /src/collectors
+COPY ops /src/ops
 # The files extra gives the file-writer plugin HDF5/TIFF; plugin packages can be added with
 # `pip install` in a derived image.
 RUN pip install "/src[files]" \

@@ -5,8 +5,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 # Re-install when the project metadata changes (new dependency, new entry point).
 STAMP := $(VENV)/.pvaflow-installed
-LINT_PATHS := pvaflow bridge processors collectors tests benchmarks
-TYPE_PATHS := pvaflow bridge processors collectors
+LINT_PATHS := pvaflow bridge processors collectors ops tests benchmarks
+TYPE_PATHS := pvaflow bridge processors collectors ops
 PYTEST_ARGS ?=
 BROKER_ARGS ?=
 
@@ -16,7 +16,7 @@ help:
 	@echo "make venv    create $(VENV) (if missing) and pip install -e '.[dev]'"
 	@echo "make lint    ruff + mypy"
 	@echo "make test    lint, then pytest (real Kafka broker + PVA sim servers; PYTEST_ARGS=...)"
-	@echo "make demo    run the end-to-end demo (python -m pvaflow.demo)"
+	@echo "make demo    run the end-to-end demo (python -m pvaflow.ops.demo)"
 	@echo "make bench   run every benchmark; rewrites docs/performance.md (quiet machine!)"
 	@echo "make broker  run a local Kafka broker in the foreground (BROKER_ARGS='--port 0')"
 	@echo "make clean   remove caches and build artifacts (keeps $(VENV))"
@@ -41,14 +41,14 @@ tools: venv
 	@scripts/tools
 
 demo: venv
-	$(BIN)/python -m pvaflow.demo
+	$(BIN)/python -m pvaflow.ops.demo
 
 BENCHMARKS := codec bridge processors collector
 bench: venv
 	@for b in $(BENCHMARKS); do echo "== benchmarks.$$b"; $(BIN)/python -m benchmarks.$$b || exit 1; done
 
 broker: venv
-	$(BIN)/python -m pvaflow.broker run $(BROKER_ARGS)
+	$(BIN)/python -m pvaflow.ops.broker run $(BROKER_ARGS)
 
 clean:
 	rm -rf build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis

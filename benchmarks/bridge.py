@@ -173,8 +173,8 @@ def bare_producer(bootstrap: str, size: int, seconds: float) -> float:
     """MB/s of a plain confluent-kafka loop producing ``size``-byte numpy payloads."""
     from confluent_kafka import Producer
 
-    from pvaflow.settings import producer_config
-    from pvaflow.topics import ensure_topic
+    from pvaflow.kafka.settings import producer_config
+    from pvaflow.kafka.topics import ensure_topic
 
     topic = f"bench-bare-{uuid.uuid4().hex[:8]}"
     ensure_topic(topic, 1, bootstrap=bootstrap)
@@ -219,7 +219,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         _write(json.loads((RESULTS / "bridge.json").read_text()))
         return 0
     with ExitStack() as stack:
-        from pvaflow.broker import external_or_local
+        from pvaflow.ops.broker import external_or_local
 
         bootstrap, broker = stack.enter_context(external_or_local())
         broker_pid = broker.pid if broker is not None else _pid_listening(

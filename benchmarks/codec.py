@@ -42,7 +42,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks.report import IMG, median_rate, table, write_section
-from pvaflow.settings import PRODUCER_DEFAULTS
+from pvaflow.kafka.settings import PRODUCER_DEFAULTS
 
 MiB = 1024 * 1024
 POOL_BYTES = 64 * MiB  # > 2x the 32 MiB L3 of the reference machine
@@ -105,7 +105,7 @@ def _operations(size: str) -> dict[str, Callable[[], int]]:
     )
 
     from pvaflow.codec import decode, encode
-    from pvaflow.settings import producer_config
+    from pvaflow.kafka.settings import producer_config
 
     frames = _frames(size)
     n = len(frames)

@@ -35,8 +35,8 @@ def produce(bootstrap: str, topic: str, n: int) -> None:
 
     from pvaflow import codec
     from pvaflow.frame import Frame
-    from pvaflow.settings import producer_config
-    from pvaflow.topics import ensure_topic
+    from pvaflow.kafka.settings import producer_config
+    from pvaflow.kafka.topics import ensure_topic
 
     ensure_topic(topic, PARTITIONS, bootstrap=bootstrap)
     # Idempotent, as the bridge's: a plain producer's retries (a fresh topic's first requests
@@ -59,7 +59,7 @@ def bare(bootstrap: str, topic: str, n: int) -> dict[str, Any]:
     from confluent_kafka import Consumer
     from pvaflow.collectors.runner import FETCH_PER_PARTITION
 
-    from pvaflow.settings import consumer_config
+    from pvaflow.kafka.settings import consumer_config
 
     # The collector's fetch size, so the ratio measures the collector and not a fetch setting
     # (the bare loop is also faster with it: many small per-partition fetches stream better).
@@ -158,8 +158,9 @@ def main() -> int:
         print(json.dumps(res))
         return 0
 
+    from pvaflow.ops.broker import external_or_local
+
     from benchmarks.report import machine, table, write_section
-    from pvaflow.broker import external_or_local
 
     with external_or_local() as (bootstrap, _broker):
         topic = f"bench-collector-{uuid.uuid4().hex[:6]}"

@@ -25,7 +25,7 @@ import time
 import uuid
 from typing import Any, cast
 
-from pvaflow.broker import external_or_local
+from pvaflow.ops.broker import external_or_local
 
 KiB, MiB = 1024, 1024 * 1024
 CASES = (("16 KiB", (128, 128), "uint8", 20_000), ("2 MiB", (1024, 1024), "uint16", 300))
@@ -43,9 +43,9 @@ def fill(bootstrap: str, topic: str, shape: tuple[int, ...], dtype: str, n: int)
     from confluent_kafka import Producer
 
     from pvaflow.codec import encode
-    from pvaflow.settings import producer_config
+    from pvaflow.kafka.settings import producer_config
+    from pvaflow.kafka.topics import ensure_topic
     from pvaflow.testing import make_frames
-    from pvaflow.topics import ensure_topic
 
     ensure_topic(topic, 1, bootstrap=bootstrap)
     p = Producer(producer_config(bootstrap))
@@ -69,7 +69,7 @@ def child_bare(bootstrap: str, topic: str, out: str, n: int, batch: int) -> dict
     from confluent_kafka import Consumer, Producer
 
     from benchmarks.report import rss_mib
-    from pvaflow.settings import consumer_config, producer_config
+    from pvaflow.kafka.settings import consumer_config, producer_config
 
     base = rss_mib("VmRSS")
     c = Consumer(consumer_config(f"bench-bare-{uuid.uuid4().hex[:8]}", bootstrap))
@@ -100,7 +100,7 @@ def child_bare(bootstrap: str, topic: str, out: str, n: int, batch: int) -> dict
 
 def child_runner(bootstrap: str, topic: str, out: str, n: int, batch: int,
                  max_queue: int) -> dict[str, Any]:
-    from pvaflow.processors.passthrough import Passthrough
+    from pvaflow.processors.plugins.passthrough import Passthrough
     from pvaflow.processors.runner import Runner, RunnerConfig
 
     from benchmarks.report import rss_mib
@@ -168,7 +168,7 @@ def memory_bound_mib(frame_bytes: int, batch: int, max_queue: int, base: float) 
     last message is freed, since messages point into it) + the consumed batch (inside those
     responses) + one frame in and one out as Python copies + the producer's undelivered frames
     (--max-queue-size frames, at most queue.buffering.max.kbytes)."""
-    from pvaflow.settings import CONSUMER_DEFAULTS, PRODUCER_DEFAULTS
+    from pvaflow.kafka.settings import CONSUMER_DEFAULTS, PRODUCER_DEFAULTS
 
     prefetch = CONSUMER_DEFAULTS["queued.max.messages.kbytes"] * KiB
     fetch = CONSUMER_DEFAULTS["fetch.max.bytes"]

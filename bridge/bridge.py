@@ -10,8 +10,8 @@ from typing import Any
 
 from confluent_kafka.admin import AdminClient
 
-from pvaflow.settings import admin_config, producer_config
-from pvaflow.topics import ensure_topic
+from pvaflow.kafka.settings import admin_config, producer_config
+from pvaflow.kafka.topics import ensure_topic
 
 from .intake import Intake
 from .plan import Plan

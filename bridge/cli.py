@@ -15,10 +15,10 @@ from typing import Any
 from prometheus_client import REGISTRY
 
 from pvaflow import metrics
+from pvaflow.kafka.settings import parse_override
+from pvaflow.kafka.topics import TopicError
 from pvaflow.memory import release_large_frees
 from pvaflow.options import Parser, add_kafka_args, add_run_args, parse
-from pvaflow.settings import parse_override
-from pvaflow.topics import TopicError
 
 from .bridge import Bridge, BridgeConfig, ConfigError
 from .intake import FORMATS

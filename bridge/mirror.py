@@ -22,8 +22,8 @@ from prometheus_client.registry import Collector
 
 from pvaflow import codec
 from pvaflow.codec import FrameError
+from pvaflow.kafka.settings import consumer_config
 from pvaflow.ntnda import ntnda_from_frame
-from pvaflow.settings import consumer_config
 
 from . import ad00
 

@@ -21,10 +21,10 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Produ
 
 from pvaflow import codec
 from pvaflow.control import CONTROL_TOPIC, STATUS_TOPIC, ComponentId, ControlAgent
+from pvaflow.kafka.settings import consumer_config, producer_config
+from pvaflow.kafka.topics import ensure_topic
 from pvaflow.metrics import consumer_lag
 from pvaflow.plugin import Processor, outputs
-from pvaflow.settings import consumer_config, producer_config
-from pvaflow.topics import ensure_topic
 
 from .outputs import Output
 from .reorder import Reorderer

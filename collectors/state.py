@@ -16,7 +16,7 @@ from typing import Any
 
 from confluent_kafka import KafkaException
 
-from pvaflow.topics import ensure_topic, read_partition
+from pvaflow.kafka.topics import ensure_topic, read_partition
 
 from .reorder import ReorderState
 

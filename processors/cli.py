@@ -19,12 +19,12 @@ from confluent_kafka.admin import AdminClient
 from prometheus_client import REGISTRY
 
 from pvaflow.control import CONTROL_TOPIC, STATUS_TOPIC, ComponentId, ControlAgent
+from pvaflow.kafka.settings import admin_config
+from pvaflow.kafka.topics import ensure_topic
 from pvaflow.memory import release_large_frees
 from pvaflow.metrics import serve
 from pvaflow.options import Parser, add_kafka_args, add_run_args, parse
 from pvaflow.plugin import PluginError, Processor, PvaPyAdapter, load_processor
-from pvaflow.settings import admin_config
-from pvaflow.topics import ensure_topic
 
 from .commands import CommandBus
 from .pva_channels import PvaChannels, channel_name

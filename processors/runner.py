@@ -26,9 +26,9 @@ from typing import Any, cast
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
 from pvaflow.codec import FrameError, decode, encode
+from pvaflow.kafka.settings import consumer_config, producer_config
 from pvaflow.metrics import consumer_lag
 from pvaflow.plugin import Processor, outputs
-from pvaflow.settings import consumer_config, producer_config
 
 from .commands import CommandBus
 from .dlq import dlq_headers

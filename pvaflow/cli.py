@@ -8,16 +8,16 @@ from collections.abc import Sequence
 
 # name -> (module, help); modules are imported only when their command runs.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "broker": ("pvaflow.broker", "run a local single-node Kafka broker (KRaft)"),
+    "broker": ("pvaflow.ops.broker", "run a local single-node Kafka broker (KRaft)"),
     "bridge": ("pvaflow.bridge.cli", "PVA NTNDArray channels -> Kafka topics"),
     "mirror": ("pvaflow.bridge.mirror_cli", "serve a Kafka topic as a PVA NTNDArray channel"),
     "consume": ("pvaflow.processors.cli", "run a processor plugin in a consumer group"),
     "collect": ("pvaflow.collectors.cli", "gather processed frames, reorder by uniqueId"),
-    "monitor": ("pvaflow.monitor", "pipeline-wide status service (faust)"),
-    "status": ("pvaflow.status_cli", "print the pipeline-wide status"),
-    "control": ("pvaflow.control_cli", "send a control command to components"),
-    "run": ("pvaflow.pipeline", "start a whole pipeline from a YAML file"),
-    "demo": ("pvaflow.demo", "demo: local broker + PVA simulator through the pipeline"),
+    "monitor": ("pvaflow.ops.monitor", "pipeline-wide status service (faust)"),
+    "status": ("pvaflow.ops.status_cli", "print the pipeline-wide status"),
+    "control": ("pvaflow.ops.control_cli", "send a control command to components"),
+    "run": ("pvaflow.ops.pipeline", "start a whole pipeline from a YAML file"),
+    "demo": ("pvaflow.ops.demo", "demo: local broker + PVA simulator through the pipeline"),
 }
 
 

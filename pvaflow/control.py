@@ -27,8 +27,8 @@ from typing import Any
 
 from confluent_kafka import OFFSET_END, Consumer, Producer, TopicPartition
 
-from .settings import consumer_config, producer_config
-from .topics import ensure_topic, watermarks
+from .kafka.settings import consumer_config, producer_config
+from .kafka.topics import ensure_topic, watermarks
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from .settings import ENV_BOOTSTRAP, parse_override
+from .kafka.settings import ENV_BOOTSTRAP, parse_override
 
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 

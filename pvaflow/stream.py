@@ -19,8 +19,8 @@ from confluent_kafka import Consumer, KafkaException, Producer
 
 from .codec import decode, produce
 from .frame import Attribute, EpicsTime, Frame
-from .settings import consumer_config, producer_config
-from .topics import ensure_topic
+from .kafka.settings import consumer_config, producer_config
+from .kafka.topics import ensure_topic
 
 Filter = Callable[[np.ndarray[Any, Any]], np.ndarray[Any, Any]]
 

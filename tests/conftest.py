@@ -1,6 +1,6 @@
 """Shared fixtures: a real Kafka broker, unique topics, and real PVA area-detector servers.
 
-Nothing here is a mock: ``kafka_bootstrap`` is a real Apache Kafka broker (pvaflow.broker, or
+Nothing here is a mock: ``kafka_bootstrap`` is a real Apache Kafka broker (pvaflow.ops.broker, or
 ``$PVAFLOW_BOOTSTRAP``), ``sim_server`` runs pvapy's ``pvapy-ad-sim-server``. Tests that use
 any of these fixtures are marked ``integration`` automatically (``-m "not integration"`` skips
 them). Everything listens on 127.0.0.1 only, and every process started here is killed by pid
@@ -35,10 +35,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pvaflow.ops.broker import LocalBroker
+from pvaflow.ops.simulator import SimServer, loopback_env, sim_args
 
-from pvaflow.broker import LocalBroker
 from pvaflow.process import free_port
-from pvaflow.simulator import SimServer, loopback_env, sim_args
 
 REPO = Path(__file__).resolve().parent.parent
 

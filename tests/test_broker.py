@@ -12,9 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-from pvaflow import broker as broker_mod
-from pvaflow.broker import LocalBroker, new_cluster_id
+from pvaflow.ops import broker as broker_mod
+from pvaflow.ops.broker import LocalBroker, new_cluster_id
 
 REPO = Path(__file__).resolve().parent.parent
 MiB = 1024 * 1024
@@ -100,7 +99,7 @@ def test_properties_fit_frames_and_stay_on_loopback(tmp_path: Path) -> None:
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    return subprocess.run([sys.executable, "-m", "pvaflow.broker", *args], env=env,
+    return subprocess.run([sys.executable, "-m", "pvaflow.ops.broker", *args], env=env,
                           capture_output=True, text=True, timeout=60, check=False)
 
 

@@ -12,9 +12,9 @@ import uuid
 from pathlib import Path
 
 import pytest
+from pvaflow.ops.monitor import latest_from_messages, metrics_text, pipeline_view
+from pvaflow.ops.status_cli import read_status_topic
 
-from pvaflow.monitor import latest_from_messages, metrics_text, pipeline_view
-from pvaflow.status_cli import read_status_topic
 from tests.collectors.helpers import PLUGIN, ctl, procs, produce_frames, wait_for  # noqa: F401
 
 

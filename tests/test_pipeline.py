@@ -1,6 +1,5 @@
 import pytest
-
-from pvaflow.pipeline import PipelineError, components, load, main, to_args
+from pvaflow.ops.pipeline import PipelineError, components, load, main, to_args
 
 
 def test_keys_map_onto_options():

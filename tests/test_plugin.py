@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from pvaflow.processors.rotate import Rotate
+from pvaflow.processors.plugins.rotate import Rotate
 
 from pvaflow.frame import Attribute, Frame
 from pvaflow.plugin import (
@@ -55,8 +55,8 @@ def test_load_builtin_by_entry_point_name() -> None:
     assert isinstance(p, Rotate) and p.config == {"k": 1}
 
 
-@pytest.mark.parametrize("spec", ["pvaflow.processors.rotate:Rotate",
-                                  "pvaflow.processors.rotate.Rotate"])
+@pytest.mark.parametrize("spec", ["pvaflow.processors.plugins.rotate:Rotate",
+                                  "pvaflow.processors.plugins.rotate.Rotate"])
 def test_load_by_module_and_class(spec: str) -> None:
     assert isinstance(load_processor(spec), Rotate)
 
@@ -74,7 +74,7 @@ def test_load_by_file_and_class(tmp_path: Path) -> None:
 @pytest.mark.parametrize("kwargs, message", [
     ({"spec": "no-such-plugin"}, "no plugin named 'no-such-plugin'"),
     ({"spec": "no_such_module:X"}, "cannot import"),
-    ({"spec": "pvaflow.processors.rotate:Nope"}, "has no 'Nope'"),
+    ({"spec": "pvaflow.processors.plugins.rotate:Nope"}, "has no 'Nope'"),
     ({"file": "/nonexistent/p.py", "class_name": "X"}, "does not exist"),
     ({"file": str(PVAPY_PLUGIN)}, "needs a class name"),
     ({"file": str(PVAPY_PLUGIN), "class_name": "Missing"}, "defines no class"),

@@ -28,8 +28,8 @@ from confluent_kafka import (
 from pvaflow import codec
 from pvaflow.codec import decode, encode
 from pvaflow.frame import SUPPORTED_DTYPES, Alarm, Attribute, Codec, Dimension, EpicsTime, Frame
+from pvaflow.kafka.settings import consumer_config, producer_config
 from pvaflow.ntnda import frame_from_ntnda, ntnda_from_frame
-from pvaflow.settings import consumer_config, producer_config
 
 pytestmark = pytest.mark.integration
 

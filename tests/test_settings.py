@@ -2,7 +2,7 @@ import argparse
 
 import pytest
 
-from pvaflow import settings
+from pvaflow.kafka import settings
 
 
 def test_cli_overrides_beat_environment_which_beats_defaults(monkeypatch, tmp_path):

@@ -8,10 +8,10 @@ import subprocess
 import sys
 
 import pytest
+from pvaflow.ops import control_cli
+from pvaflow.ops.monitor import latest_from_messages, pipeline_view
+from pvaflow.ops.status_cli import render
 
-from pvaflow import control_cli
-from pvaflow.monitor import latest_from_messages, pipeline_view
-from pvaflow.status_cli import render
 from tests.collectors.helpers import (  # noqa: F401 (fixtures)
     PLUGIN,
     ctl,

@@ -7,8 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-
-from pvaflow.broker import LocalBroker
+from pvaflow.ops.broker import LocalBroker
 
 from .conftest import BridgeProcess, read_topic
 

@@ -20,9 +20,9 @@ from typing import Any
 import kubernetes_validate
 import pytest
 import yaml
+from pvaflow.ops.pipeline import components
 
-from pvaflow.pipeline import components
-from pvaflow.settings import producer_config
+from pvaflow.kafka.settings import producer_config
 
 from .conftest import CHART, REPO, HelmError, dashboards, find, render, run_helm
 
@@ -237,7 +237,7 @@ def test_kafka_auth_env_gives_librdkafka_settings(
     helm: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The rendered env, with the Secret files where the pod mounts them, makes
-    pvaflow.settings produce the SASL/TLS client configuration."""
+    pvaflow.kafka.settings produce the SASL/TLS client configuration."""
     docs = render(helm, tmp_path, EXAMPLE, SASL)
     c = container(docs, "rel-pvaflow-stage-rotate")
     spec = pods(docs)["rel-pvaflow-stage-rotate"]

@@ -10,7 +10,7 @@ import h5py
 import numpy as np
 import pytest
 import tifffile
-from pvaflow.processors.crypto import CryptoKeyError, Decrypt, Encrypt, generate_key
+from pvaflow.processors.plugins.crypto import CryptoKeyError, Decrypt, Encrypt, generate_key
 
 from pvaflow.codec import decode, encode
 from pvaflow.frame import Codec, Frame

@@ -42,7 +42,7 @@ without an exponent (YAML numbers reach templates as float64).
 {{- end -}}
 
 {{/*
-Command-line arguments from an options map (pvaflow/pipeline.py's to_args): key -> --key,
+Command-line arguments from an options map (ops/pipeline.py's to_args): key -> --key,
 true -> bare flag, null/false -> omitted, list -> repeated option. Input: dict with "options"
 and "skip" (keys not passed as options). Output: a YAML list.
 */}}
@@ -90,7 +90,7 @@ Input: dict root, options, shared (list of shared keys this command accepts).
 {{- toYaml (mergeOverwrite (deepCopy $d.defaults) (deepCopy (.settings | default dict))) -}}
 {{- end -}}
 
-{{/* The Kafka environment: PVAFLOW_KAFKA_* settings and Secret files (pvaflow/settings.py). */}}
+{{/* The Kafka environment: PVAFLOW_KAFKA_* settings and Secret files (pvaflow/kafka/settings.py). */}}
 {{- define "pvaflow.kafkaEnv" -}}
 {{- $k := .Values.kafka -}}
 {{- $protocol := "" -}}

@@ -17,12 +17,13 @@ from typing import Any
 
 from confluent_kafka import OFFSET_END, Consumer, Producer, TopicPartition
 
-from .control import COMMANDS, CONTROL_TOPIC, STATUS_TOPIC, ComponentId, command_message
+from pvaflow.control import COMMANDS, CONTROL_TOPIC, STATUS_TOPIC, ComponentId, command_message
+from pvaflow.kafka.settings import consumer_config, producer_config
+from pvaflow.kafka.topics import ensure_topic
+from pvaflow.options import Parser, add_kafka_args, parse
+
 from .monitor import STALE_AFTER
-from .options import Parser, add_kafka_args, parse
-from .settings import consumer_config, producer_config
 from .status_cli import DEFAULT_MONITOR, StatusUnavailable, get_view
-from .topics import ensure_topic
 
 
 def build_parser() -> Parser:

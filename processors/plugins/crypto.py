@@ -9,7 +9,7 @@ frame to the dead-letter topic.
 
 The key (16, 24 or 32 bytes) comes from ``{"key_file": path}`` or from the environment
 variable named by ``{"key_env": NAME}`` (default ``PVAFLOW_FRAME_KEY``), as raw bytes, hex or
-base64. It is never logged or reported. ``python -m pvaflow.processors.crypto KEYFILE``
+base64. It is never logged or reported. ``python -m pvaflow.processors.plugins.crypto KEYFILE``
 writes a fresh random key.
 """
 
@@ -150,5 +150,5 @@ def generate_key(path: str | Path) -> None:
 
 if __name__ == "__main__":
     if len(sys.argv) != 2:
-        sys.exit("usage: python -m pvaflow.processors.crypto KEYFILE  (writes a new key)")
+        sys.exit("usage: python -m pvaflow.processors.plugins.crypto KEYFILE  (writes a new key)")
     generate_key(sys.argv[1])

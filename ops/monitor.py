@@ -29,9 +29,9 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from .control import STATUS_TOPIC
-from .options import Parser, add_kafka_args, add_run_args, parse
-from .settings import bootstrap as resolve_bootstrap
+from pvaflow.control import STATUS_TOPIC
+from pvaflow.kafka.settings import bootstrap as resolve_bootstrap
+from pvaflow.options import Parser, add_kafka_args, add_run_args, parse
 
 log = logging.getLogger(__name__)
 
@@ -268,7 +268,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.warning("-X settings do not apply to the faust (aiokafka) clients; ignored")
     import faust
 
-    from .topics import ensure_topic
+    from pvaflow.kafka.topics import ensure_topic
 
     bootstrap = resolve_bootstrap(args.bootstrap_servers)
     ensure_topic(args.status_topic, 1, bootstrap=bootstrap, strict=False)
@@ -278,7 +278,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.metrics_port is not None:
         from prometheus_client import REGISTRY
 
-        from .metrics import serve
+        from pvaflow.metrics import serve
 
         REGISTRY.register(ViewMetrics(view))
         serve(args.metrics_port)

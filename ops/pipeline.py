@@ -30,13 +30,13 @@ from typing import Any
 
 import yaml
 
-from .options import Parser, add_run_args, parse
+from pvaflow.options import Parser, add_run_args, parse
 
 log = logging.getLogger("pvaflow.run")
 
 # Start order: sinks first, so nothing is produced before its readers exist.
 ROLES = (
-    ("monitor", "pvaflow.monitor"),
+    ("monitor", "pvaflow.ops.monitor"),
     ("collector", "pvaflow.collectors.cli"),
     ("stages", "pvaflow.processors.cli"),
     ("mirror", "pvaflow.bridge.mirror_cli"),

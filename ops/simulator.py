@@ -17,7 +17,7 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from .process import die_with_parent, free_port
+from pvaflow.process import die_with_parent, free_port
 
 
 def free_udp_port() -> int:

@@ -11,7 +11,7 @@ Python use::
         produce_to(broker.bootstrap)
         broker.stop(); broker.start()      # outage with data kept, same port
 
-Command line (``pvaflow-broker`` / ``python -m pvaflow.broker`` / ``scripts/kafka-local``)::
+Command line (``pvaflow-broker`` / ``python -m pvaflow.ops.broker`` / ``scripts/kafka-local``)::
 
     pvaflow-broker fetch                   # resolve the jars, print where they are
     pvaflow-broker run [--port 9092]       # foreground until Ctrl-C
@@ -47,7 +47,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any, NoReturn
 
-from .process import die_with_parent, free_port
+from pvaflow.process import die_with_parent, free_port
 
 __all__ = [
     "DEFAULT_KAFKA_VERSION",
@@ -508,7 +508,7 @@ class LocalBroker:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.log_dir.mkdir(exist_ok=True)
         self.properties_path.write_text(
-            "# Written by pvaflow.broker on every start; pass overrides as properties=...\n"
+            "# Written by pvaflow.ops.broker on every start; pass overrides as properties=...\n"
             + _render_properties(self.server_properties())
         )
         cfg, text, log_opt = self._logging_config()
@@ -540,7 +540,7 @@ class LocalBroker:
             if _port_in_use(port):
                 raise BrokerError(f"port {port} on {HOST} is already in use")
         self._out = open(self.stdout_path, "ab")  # noqa: SIM115 - lives as long as the JVM
-        self._out.write(f"\n=== pvaflow.broker start {time.ctime()}: {shlex.join(cmd)}\n".encode())
+        self._out.write(f"\n=== pvaflow broker start {time.ctime()}: {shlex.join(cmd)}\n".encode())
         self._out.flush()
         self._proc = subprocess.Popen(
             cmd, cwd=self.data_dir, stdin=subprocess.DEVNULL, stdout=self._out,

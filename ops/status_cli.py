@@ -16,10 +16,11 @@ from typing import Any
 
 from confluent_kafka import KafkaException
 
-from .control import STATUS_TOPIC
+from pvaflow.control import STATUS_TOPIC
+from pvaflow.kafka.topics import read_partition
+from pvaflow.options import Parser, add_kafka_args, parse
+
 from .monitor import STALE_AFTER, latest_from_messages, pipeline_view
-from .options import Parser, add_kafka_args, parse
-from .topics import read_partition
 
 DEFAULT_MONITOR = "http://127.0.0.1:6066"
 TAIL = 20_000  # status records read from the topic without a monitor (several per component)

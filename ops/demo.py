@@ -18,11 +18,12 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from pvaflow.kafka.settings import ENV_BOOTSTRAP
+from pvaflow.options import Parser, parse
+
 from .broker import external_or_local
 from .monitor import latest_from_messages, pipeline_view
-from .options import Parser, parse
 from .pipeline import components, start, stop_all
-from .settings import ENV_BOOTSTRAP
 from .simulator import SimServer, loopback_env, sim_args
 from .status_cli import StatusUnavailable, read_status_topic, render
 

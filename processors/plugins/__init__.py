@@ -1,0 +1,1 @@
+"""The built-in processor plugins (entry point group ``pvaflow.processors``)."""

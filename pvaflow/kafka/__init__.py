@@ -1,0 +1,1 @@
+"""The one Kafka layer: client settings, topics, and the produce-with-backpressure policy."""
