@@ -10,6 +10,7 @@ from typing import Any
 
 from confluent_kafka.admin import AdminClient
 
+from pvaflow.errors import ConfigError
 from pvaflow.kafka.settings import admin_config, producer_config
 from pvaflow.kafka.topics import ensure_topic
 
@@ -22,8 +23,6 @@ from .stats import ChannelStats
 log = logging.getLogger(__name__)
 
 
-class ConfigError(ValueError):
-    """Options that do not make a working bridge (reported as one line, exit 2)."""
 
 
 def default_topic(channel: str) -> str:

@@ -10,14 +10,15 @@ it and check that a frame sits where the plan says. The plan travels with every 
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
 from dataclasses import dataclass
+
+from pvaflow.errors import ConfigError
 
 PLAN_HEADER = "pf.plan"
 _SET_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
 
 
-class PlanError(ValueError):
+class PlanError(ConfigError):
     """A plan that cannot route (bad block size, set names, partition count)."""
 
 
@@ -93,8 +94,6 @@ class Plan:
             return cls(fields["topic"], int(fields["partitions"]), int(fields["updates"]),
                        sets, int(fields["first"]))
         except (KeyError, ValueError) as exc:
-            if isinstance(exc, PlanError):
-                raise
             raise PlanError(f"malformed plan {raw!r}: {exc}") from exc
 
 
@@ -103,8 +102,3 @@ def parse_sets(text: str | None) -> tuple[str, ...]:
     if not text:
         return ()
     return tuple(s.strip() for s in text.split(",") if s.strip())
-
-
-def expected_ids(plan: Plan, route: Route, ids: Sequence[int]) -> list[int]:
-    """The subset of ``ids`` that the plan sends to ``route`` (what a consumer should see)."""
-    return [u for u in ids if plan.route(u) == route]

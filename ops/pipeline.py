@@ -30,6 +30,7 @@ from typing import Any
 
 import yaml
 
+from pvaflow.errors import ConfigError
 from pvaflow.options import Parser, add_run_args, parse
 
 log = logging.getLogger("pvaflow.run")
@@ -51,7 +52,7 @@ _SHARED_BY_ROLE = {
 }
 
 
-class PipelineError(ValueError):
+class PipelineError(ConfigError):
     """The pipeline file does not describe a runnable graph."""
 
 

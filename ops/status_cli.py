@@ -17,6 +17,7 @@ from typing import Any
 from confluent_kafka import KafkaException
 
 from pvaflow.control import STATUS_TOPIC
+from pvaflow.errors import PvaflowError
 from pvaflow.kafka.topics import read_partition
 from pvaflow.options import Parser, add_kafka_args, parse
 
@@ -26,7 +27,7 @@ DEFAULT_MONITOR = "http://127.0.0.1:6066"
 TAIL = 20_000  # status records read from the topic without a monitor (several per component)
 
 
-class StatusUnavailable(RuntimeError):
+class StatusUnavailable(PvaflowError):
     pass
 
 

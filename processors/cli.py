@@ -18,7 +18,7 @@ from typing import Any
 from confluent_kafka.admin import AdminClient
 from prometheus_client import REGISTRY
 
-from pvaflow.control import CONTROL_TOPIC, STATUS_TOPIC, ComponentId, ControlAgent
+from pvaflow.control import CONTROL_TOPIC, STATUS_TOPIC, CommandBus, ComponentId, ControlAgent
 from pvaflow.kafka.settings import admin_config
 from pvaflow.kafka.topics import ensure_topic
 from pvaflow.memory import release_large_frees
@@ -26,7 +26,6 @@ from pvaflow.metrics import serve
 from pvaflow.options import Parser, add_kafka_args, add_run_args, parse
 from pvaflow.plugin import PluginError, Processor, PvaPyAdapter, load_processor
 
-from .commands import CommandBus
 from .pva_channels import PvaChannels, channel_name
 from .runner import Runner, RunnerConfig
 from .stats import Stats, StatsCollector

@@ -20,11 +20,9 @@ from typing import Any
 import pvaccess as pva
 
 from pvaflow.codec import FrameError
-from pvaflow.control import COMMANDS
+from pvaflow.control import COMMANDS, CommandBus
 from pvaflow.frame import Frame
 from pvaflow.ntnda import ntnda_from_frame
-
-from .commands import CommandBus
 
 log = logging.getLogger(__name__)
 

@@ -26,12 +26,12 @@ from typing import Any, cast
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
 from pvaflow.codec import FrameError, decode, encode
+from pvaflow.control import CommandBus
+from pvaflow.dlq import dlq_headers
 from pvaflow.kafka.settings import consumer_config, producer_config
 from pvaflow.metrics import consumer_lag
 from pvaflow.plugin import Processor, outputs
 
-from .commands import CommandBus
-from .dlq import dlq_headers
 from .pva_channels import PvaChannels
 from .stats import Stats
 from .tracking import DeliveryFailed, OffsetTracker

@@ -12,6 +12,8 @@ from typing import Any
 
 from confluent_kafka import KafkaError, TopicPartition
 
+from pvaflow.errors import PvaflowError
+
 
 class Pending:
     """One input record's outstanding deliveries; callable as confluent-kafka's on_delivery."""
@@ -29,7 +31,7 @@ class Pending:
         self.left -= 1
 
 
-class DeliveryFailed(RuntimeError):
+class DeliveryFailed(PvaflowError):
     """An output could not be delivered: its input must not be committed (stop and let the
     group hand the partition to a healthy member, which reprocesses from the last commit)."""
 

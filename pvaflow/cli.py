@@ -1,31 +1,25 @@
-"""The umbrella ``pvaflow`` command: dispatches by name to each component's own CLI."""
+"""The umbrella ``pvaflow`` command and the console scripts: both dispatch through the one
+registry in :mod:`pvaflow.commands`."""
 
 from __future__ import annotations
 
-import importlib
+import os
 import sys
 from collections.abc import Sequence
 
-# name -> (module, help); modules are imported only when their command runs.
-COMMANDS: dict[str, tuple[str, str]] = {
-    "broker": ("pvaflow.ops.broker", "run a local single-node Kafka broker (KRaft)"),
-    "bridge": ("pvaflow.bridge.cli", "PVA NTNDArray channels -> Kafka topics"),
-    "mirror": ("pvaflow.bridge.mirror_cli", "serve a Kafka topic as a PVA NTNDArray channel"),
-    "consume": ("pvaflow.processors.cli", "run a processor plugin in a consumer group"),
-    "collect": ("pvaflow.collectors.cli", "gather processed frames, reorder by uniqueId"),
-    "monitor": ("pvaflow.ops.monitor", "pipeline-wide status service (faust)"),
-    "status": ("pvaflow.ops.status_cli", "print the pipeline-wide status"),
-    "control": ("pvaflow.ops.control_cli", "send a control command to components"),
-    "run": ("pvaflow.ops.pipeline", "start a whole pipeline from a YAML file"),
-    "demo": ("pvaflow.ops.demo", "demo: local broker + PVA simulator through the pipeline"),
-}
+from . import __version__
+from .commands import COMMANDS, by_script, find
+from .component import fail
+from .errors import PvaflowError
 
 
 def usage() -> str:
-    width = max(map(len, COMMANDS))
+    width = max(len(c.name) for c in COMMANDS)
     lines = ["usage: pvaflow COMMAND [options]   (pvaflow COMMAND --help for its options)", "",
              "commands:"]
-    lines += [f"  {name:<{width}}  {help_}" for name, (_, help_) in COMMANDS.items()]
+    for c in COMMANDS:
+        alias = f" (also: {', '.join(c.aliases)})" if c.aliases else ""
+        lines.append(f"  {c.name:<{width}}  {c.help}{alias}")
     return "\n".join(lines)
 
 
@@ -34,18 +28,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args or args[0] in ("-h", "--help", "help"):
         print(usage())
         return 0
-    if args[0] in ("-V", "--version"):
-        from . import __version__
-
+    if args[0] in ("-v", "-V", "--version"):
         print(f"pvaflow {__version__}")
         return 0
-    name, rest = args[0], args[1:]
-    if name not in COMMANDS:
-        print(f"pvaflow: unknown command {name!r}; one of: {', '.join(COMMANDS)}", file=sys.stderr)
-        return 2
-    module = importlib.import_module(COMMANDS[name][0])
-    result: int = module.main(rest)
-    return result
+    try:
+        command = find(args[0])
+    except PvaflowError as exc:
+        return fail("pvaflow", exc)
+    return command.load()(args[1:])
+
+
+def script() -> int:
+    """Entry point of every console script: ``pvaflow-bridge ...`` = ``pvaflow bridge ...``."""
+    name = os.path.basename(sys.argv[0])
+    try:
+        command = by_script(name)
+    except PvaflowError as exc:
+        return fail(name, exc)
+    return command.load()(sys.argv[1:])
 
 
 if __name__ == "__main__":

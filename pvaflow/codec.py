@@ -18,6 +18,7 @@ from typing import Any, cast
 import numpy as np
 from confluent_kafka import Producer
 
+from .errors import FrameError
 from .frame import (
     SUPPORTED_DTYPES,
     Alarm,
@@ -36,14 +37,6 @@ _DTYPES = {dt.str.lstrip("<>|="): dt for dt in SUPPORTED_DTYPES}
 # confluent-kafka types header values as str | bytes | None, in a list or a dict.
 Headers = list[tuple[str, str | bytes | None]]
 RecordHeaders = Headers | dict[str, str | bytes | None] | None
-
-
-class FrameError(ValueError):
-    """A record that is not a valid pvaflow frame; ``reason`` is short and goes to the DLQ."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
 
 
 def encode_key(unique_id: int) -> bytes:

@@ -1,28 +1,92 @@
-"""Command-line options every pvaflow command shares, so names and help read the same."""
+"""Command-line options every pvaflow command shares, so names, short forms, metavars and help
+read the same everywhere.
+
+PvaPy's short forms mean what they mean in ``pvapy-hpc-consumer`` / ``pvapy-hpc-collector`` on
+every command that has the option (``-ic -oc -sc -cc -pf -pc -pa -nc -id -rt -rp -ll -sqs -rqs
+-ccs -du -ds -v``), and no short form means two things: :data:`SHORT_FORMS` is the one table,
+and the option adders below take their flags from it. An unknown option is refused in one
+line that suggests the closest known one, as click does::
+
+    pvaflow-consumer: error: unrecognized arguments: --input-topc (did you mean --input-topic?)
+"""
 
 from __future__ import annotations
 
 import argparse
+import difflib
+import json
 import logging
+import re
 import sys
+import time
 from collections.abc import Sequence
+from typing import Any, NoReturn
 
 from .kafka.settings import ENV_BOOTSTRAP, parse_override
 
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+LOG_FORMATS = ("text", "json")
+
+# long option -> its short form, for every command that has the option.
+SHORT_FORMS: dict[str, str] = {
+    "--input-channel": "-ic", "--output-channel": "-oc", "--status-channel": "-sc",
+    "--control-channel": "-cc", "--processor-file": "-pf", "--processor-class": "-pc",
+    "--processor-args": "-pa", "--n-consumers": "-nc", "--runtime": "-rt",
+    "--report-period": "-rp", "--log-level": "-ll", "--server-queue-size": "-sqs",
+    "--receiver-queue-size": "-rqs", "--collector-cache-size": "-ccs",
+    "--distributor-updates": "-du", "--distributor-set": "-ds",
+    "--n-distributor-sets": "-nds", "--input-topic": "-it", "--output-topic": "-ot",
+    "--bootstrap-servers": "-b", "--group": "-g", "--topic": "-t",
+    # each component's own id is -id, as PvaPy's --consumer-id / --collector-id
+    "--consumer-id": "-id", "--collector-id": "-id", "--bridge-id": "-id", "--mirror-id": "-id",
+}
+
+# The same metavar for the same kind of value everywhere.
+METAVARS = {"topic": "TOPIC", "channel": "PV", "seconds": "SECONDS", "count": "N",
+            "file": "FILE", "json": "JSON", "id": "ID", "port": "PORT", "group": "GROUP"}
+
+
+def flags(long: str) -> list[str]:
+    """``--input-channel`` -> ``["--input-channel", "-ic"]`` (the long form first)."""
+    short = SHORT_FORMS.get(long)
+    return [long, short] if short else [long]
 
 
 class Parser(argparse.ArgumentParser):
-    """ArgumentParser whose errors are one line and exit 2, as the CLI promises."""
+    """ArgumentParser whose errors are one line, suggest the closest option, and exit 2; every
+    command gets ``-v/--version``."""
 
-    def error(self, message: str) -> None:  # type: ignore[override]
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        from . import __version__
+
+        self.add_argument("-v", "--version", action="version",
+                          version=f"{self.prog} (pvaflow) {__version__}")
+
+    def error(self, message: str) -> NoReturn:
+        hint = self._did_you_mean(message)
+        self.exit(2, f"{self.prog}: error: {message}{hint} (see --help)\n")
+
+    def _did_you_mean(self, message: str) -> str:
+        match = re.search(r"unrecognized arguments: (\S+)", message)
+        if not match:
+            return ""
+        wrong = match.group(1).split("=", 1)[0]
+        known = [s for a in self._actions for s in a.option_strings]
+        close = difflib.get_close_matches(wrong, known, n=1, cutoff=0.6)
+        return f" (did you mean {close[0]}?)" if close else ""
+
+
+def did_you_mean(word: str, choices: Sequence[str]) -> str:
+    """`` (did you mean X?)`` for the closest of ``choices``, or ''."""
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.5)
+    return f" (did you mean {close[0]}?)" if close else ""
 
 
 def add_kafka_args(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("Kafka")
     g.add_argument(
-        "--bootstrap-servers", "-b", metavar="HOST:PORT",
+        *flags("--bootstrap-servers"), metavar="HOST:PORT[,...]",
         help=f"Kafka bootstrap servers (default: ${ENV_BOOTSTRAP} or 127.0.0.1:9092)",
     )
     g.add_argument(
@@ -30,30 +94,134 @@ def add_kafka_args(parser: argparse.ArgumentParser) -> None:
         metavar="KEY=VALUE",
         help="librdkafka setting, repeatable (e.g. -X linger.ms=5 -X security.protocol=SASL_SSL)",
     )
+    g.add_argument(
+        "--kafka-timeout", type=float, default=120.0, metavar="SECONDS",
+        help="give up (exit 3) when no broker has answered for this long; 0 waits forever "
+             "(default: 120)")
 
 
 def add_run_args(parser: argparse.ArgumentParser, *, report_period: float = 10.0) -> None:
     g = parser.add_argument_group("run")
-    g.add_argument("--report-period", type=float, default=report_period, metavar="SECONDS",
+    g.add_argument(*flags("--report-period"), type=float, default=report_period,
+                   metavar="SECONDS",
                    help=f"seconds between stats reports; 0 disables (default: {report_period:g})")
-    g.add_argument("--runtime", type=float, default=0.0, metavar="SECONDS",
+    g.add_argument(*flags("--runtime"), type=float, default=0.0, metavar="SECONDS",
                    help="stop after this many seconds; 0 runs until stopped (default: 0)")
-    g.add_argument("--log-level", "-ll", choices=LOG_LEVELS, default="info",
-                   help="log level (default: info)")
+    add_log_args(g)
     g.add_argument("--metrics-port", type=int, default=None, metavar="PORT",
                    help="serve Prometheus /metrics on this port (0 picks a free one)")
 
 
-def setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper()),
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+def add_log_args(group: Any) -> None:
+    group.add_argument(*flags("--log-level"), choices=LOG_LEVELS, default="info",
+                       metavar="LEVEL", help=f"{' | '.join(LOG_LEVELS)} (default: info)")
+    group.add_argument("--log-format", choices=LOG_FORMATS, default="text",
+                       help="text, or json: one JSON object per line for log stacks "
+                            "(default: text)")
+
+
+def add_control_args(parser: argparse.ArgumentParser, *, control: str | None,
+                     status: str | None, pva: bool = False) -> None:
+    """The control and status topics (and, with ``pva``, PvaPy's PVA channels)."""
+    g = parser.add_argument_group("control and status")
+    g.add_argument("--control-topic", default=control, metavar="TOPIC",
+                   help=f"control topic ('' disables) (default: {control})")
+    g.add_argument("--status-topic", default=status, metavar="TOPIC",
+                   help=f"status topic ('' disables) (default: {status})")
+    if pva:
+        g.add_argument(*flags("--status-channel"), metavar="PV",
+                       help="PVA status channel ('*' = this component's id)")
+        g.add_argument(*flags("--control-channel"), metavar="PV",
+                       help="PVA control channel ('*' = this component's id)")
+
+
+def add_plugin_args(parser: argparse.ArgumentParser, title: str = "plugin") -> None:
+    g = parser.add_argument_group(title)
+    g.add_argument("--processor", metavar="NAME|module:Class",
+                   help="entry point name in group pvaflow.processors, or module:Class")
+    g.add_argument(*flags("--processor-file"), metavar="FILE",
+                   help="Python file defining the processor class")
+    g.add_argument(*flags("--processor-class"), metavar="NAME",
+                   help="class name in --processor-file (or a dotted module.Class, as PvaPy "
+                        "accepts)")
+    g.add_argument(*flags("--processor-args"), type=json_object, default={}, metavar="JSON",
+                   help="JSON object passed to the processor's constructor")
+
+
+def json_object(text: str) -> dict[str, Any]:
+    """argparse ``type=`` for a JSON object option."""
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not JSON ({exc}): {text!r}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object like '{{\"x\": 1}}', "
+                                         f"got {text!r}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    """argparse ``type=`` for counts that must be at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def non_negative(text: str) -> float:
+    """argparse ``type=`` for durations."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must not be negative, got {value:g}")
+    return value
+
+
+# -- logging -----------------------------------------------------------------------------------
+
+_identity: dict[str, str] = {}
+
+
+def set_log_identity(component: str, group: str, ident: str) -> None:
+    """Who this process is, for ``--log-format json`` (the lifecycle calls it)."""
+    _identity.update(component=component, group=group, id=ident)
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, component, group, id, logger, message, and
+    ``unique_id`` when a log call passes ``extra={"unique_id": ...}``."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        out: dict[str, Any] = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+                    + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(), **_identity, "logger": record.name,
+            "message": record.getMessage(),
+        }
+        uid = getattr(record, "unique_id", None)
+        if uid is not None:
+            out["unique_id"] = uid
+        if record.exc_info:
+            out["exception"] = self.formatException(record.exc_info)
+        return json.dumps(out)
+
+
+def setup_logging(level: str, fmt: str = "text") -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(
+        "%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(getattr(logging, level.upper()))
 
 
 def parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if getattr(args, "log_level", None):
-        setup_logging(args.log_level)
+        setup_logging(args.log_level, getattr(args, "log_format", "text"))
     return args

@@ -23,6 +23,7 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
+from .errors import PluginError
 from .frame import Frame
 
 ENTRY_POINT_GROUP = "pvaflow.processors"
@@ -31,8 +32,6 @@ Output = Frame | Iterable[Frame] | None
 StatValue = float | int | str
 
 
-class PluginError(RuntimeError):
-    """The plugin could not be found, imported or instantiated; the message says which."""
 
 
 class Processor:

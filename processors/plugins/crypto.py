@@ -27,6 +27,7 @@ import numpy as np
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from pvaflow.errors import ConfigError
 from pvaflow.frame import Codec, Frame
 from pvaflow.plugin import Processor, StatValue
 
@@ -35,7 +36,7 @@ KEY_ENV = "PVAFLOW_FRAME_KEY"
 NONCE = 12
 
 
-class CryptoKeyError(ValueError):
+class CryptoKeyError(ConfigError, ValueError):
     """No usable key; the message never contains key material."""
 
 

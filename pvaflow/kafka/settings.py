@@ -127,6 +127,25 @@ def admin_config(
     return {k: v for k, v in conf.items() if k not in client_only}
 
 
+# Setting names whose values never appear in a log line, status message or metric.
+_SECRET_WORDS = ("password", "secret", "token", "credential", "private", "sasl.jaas")
+
+
+def is_secret(key: str) -> bool:
+    """``sasl.password``, ``ssl.key.password``, ``sasl.oauthbearer.client.secret``, ..."""
+    k = key.lower().replace("_", ".")
+    return any(word in k for word in _SECRET_WORDS)
+
+
+def redact(conf: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy of ``conf`` fit for a log line: secret values become ``***``.
+
+    >>> redact({"sasl.username": "alice", "sasl.password": "hunter2"})
+    {'sasl.username': 'alice', 'sasl.password': '***'}
+    """
+    return {k: ("***" if is_secret(k) else v) for k, v in conf.items()}
+
+
 def _dotted(extra: Mapping[str, Any]) -> dict[str, Any]:
     """``linger_ms=5`` -> ``linger.ms``: keyword-friendly spelling for callers."""
     return {k.replace("_", "."): v for k, v in extra.items()}

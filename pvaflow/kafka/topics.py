@@ -10,13 +10,12 @@ from typing import Any
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
+from ..errors import TopicError
 from .settings import admin_config, consumer_config
 
 Record = tuple[bytes | None, bytes | None]
 
 
-class TopicError(RuntimeError):
-    """A topic exists with a shape that contradicts what the command was asked for."""
 
 
 def ensure_topic(

@@ -9,10 +9,11 @@ from typing import Any
 import pytest
 from confluent_kafka import KafkaError
 from prometheus_client import CollectorRegistry, generate_latest
-from pvaflow.processors.commands import CommandBus
 from pvaflow.processors.spawn import child_argv
 from pvaflow.processors.stats import Histogram, PartitionSeq, Stats, StatsCollector
 from pvaflow.processors.tracking import DeliveryFailed, OffsetTracker
+
+from pvaflow.control import CommandBus
 
 
 def test_commit_waits_for_every_delivery_of_earlier_records() -> None:

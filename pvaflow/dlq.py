@@ -36,8 +36,3 @@ def dlq_headers(msg: Message, stage: str, exc: BaseException, consumer: str) -> 
         (TRACE, tb[-4000:].encode()),
     ]
     return list(msg.headers() or []) + extra
-
-
-def reason_of(headers: list[tuple[str, bytes]] | None) -> dict[str, str]:
-    """The ``pf.dlq.*`` headers of a DLQ record as text (for tests and tooling)."""
-    return {k: v.decode() for k, v in headers or [] if k.startswith("pf.dlq.") and v is not None}
