@@ -12,7 +12,7 @@ component publishes), instead of silently showing zero in the pipeline view.
 >>> schema.check({"received": 3, "done": 2, "dlq": 1})
 Traceback (most recent call last):
 ...
-pvaflow.errors.SchemaError: consumer stats lack processed (frames_out); they have: dlq, done, received
+pvaflow.errors.SchemaError: consumer stats lack processed (frames_out); present: dlq, done, received
 >>> StatusSchema.from_json(schema.to_json()) == schema
 True
 """
