@@ -52,7 +52,7 @@ class StatusSchema:
         """Raise :class:`SchemaError` unless every key the schema names is in ``stats``."""
         missing = [f"{key} ({role})" for key, role in self.keys().items() if key not in stats]
         if missing:
-            raise SchemaError(f"{self.kind} stats lack {', '.join(missing)}; they have: "
+            raise SchemaError(f"{self.kind} stats lack {', '.join(missing)}; present: "
                               f"{', '.join(sorted(stats))}")
 
     def to_json(self) -> dict[str, Any]:
