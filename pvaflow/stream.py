@@ -9,17 +9,19 @@ one native frame; ``InputStream`` receives frames and runs post-filters.
 from __future__ import annotations
 
 import itertools
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
-from confluent_kafka import Consumer, KafkaException, Producer
 
-from .codec import decode, produce
+from .codec import decode, encode
+from .errors import KafkaFailure
 from .frame import Attribute, EpicsTime, Frame
-from .kafka.settings import consumer_config, producer_config
+from .kafka.client import Kafka
+from .kafka.produce import Sender
 from .kafka.topics import ensure_topic
 
 Filter = Callable[[np.ndarray[Any, Any]], np.ndarray[Any, Any]]
@@ -58,9 +60,14 @@ class OutputStream:
         source: str = "",
         overrides: Any = None,
     ) -> None:
-        ensure_topic(topic, partitions, bootstrap=bootstrap, overrides=overrides, strict=False)
+        self._kafka = Kafka(bootstrap, overrides)
+        ensure_topic(topic, partitions, admin=self._kafka.admin(), strict=False)
         self.topic = topic
-        self._producer = Producer(producer_config(bootstrap, overrides))
+        self._producer = self._kafka.producer()
+        # A program sending arrays waits for room as long as the cluster is there; the
+        # health check ends the wait with KafkaUnavailable once it has been gone too long.
+        self._sender = Sender(self._producer, stop=threading.Event(), on_full="fail",
+                              health=self._kafka.health)
         self._chunk = chunk_size
         self._filters = list(filters)
         self._pending: list[np.ndarray[Any, Any]] = []
@@ -91,7 +98,7 @@ class OutputStream:
             self._pending, self._pending_len = [], 0
         left = self._producer.flush(timeout)
         if left:
-            raise KafkaException(f"{left} frames not delivered to {self.topic} in {timeout}s")
+            raise KafkaFailure(f"{left} frames not delivered to {self.topic} in {timeout} s")
 
     def close(self) -> None:
         self.flush()
@@ -111,12 +118,8 @@ class OutputStream:
             unique_id=next(self._ids) if unique_id is None else unique_id,
             timestamp=now, data_timestamp=now, attributes=attributes(**attrs), source=self._source,
         )
-        while True:
-            try:
-                produce(self._producer, self.topic, frame)
-                break
-            except BufferError:
-                self._producer.poll(0.1)  # bounded producer buffer is full: wait for room
+        key, value, headers = encode(frame)
+        self._sender.send(self.topic, value, key, headers=headers)
         self._producer.poll(0)
         self.sent += 1
 
@@ -134,10 +137,9 @@ class InputStream:
         filters: Sequence[Filter] = (),
         overrides: Any = None,
     ) -> None:
-        self._consumer = Consumer(consumer_config(
-            group or f"pvaflow-stream-{uuid.uuid4().hex[:8]}", bootstrap, overrides,
-            enable_auto_commit=group is not None, enable_auto_offset_store=True,
-        ))
+        self._consumer = Kafka(bootstrap, overrides).consumer(
+            group or f"pvaflow-stream-{uuid.uuid4().hex[:8]}",
+            enable_auto_commit=group is not None, enable_auto_offset_store=True)
         self._consumer.subscribe([topic])
         self._filters = list(filters)
 
@@ -149,7 +151,7 @@ class InputStream:
             if msg is None:
                 continue
             if msg.error():
-                raise KafkaException(msg.error())
+                raise KafkaFailure(f"reading {msg.topic()}: {msg.error()}")
             frame = decode(msg.key(), msg.value(), msg.headers())
             if self._filters:
                 data = frame.array
