@@ -243,8 +243,8 @@ def decode_attributes(raw: bytes) -> list[Attribute]:
                 alarm=Alarm(*alarm),
             ))
         return out
-    except (ValueError, TypeError, OverflowError) as exc:
-        raise FrameError(f"malformed attribute header: {exc}") from exc
+    except (ValueError, TypeError, OverflowError, RecursionError) as exc:
+        raise FrameError(f"malformed attribute header: {str(exc)[:200]}") from exc
 
 
 # -- small parsers ------------------------------------------------------------------------
@@ -324,8 +324,8 @@ def _dims(h: dict[str, bytes], shape: tuple[int, ...]) -> tuple[Dimension, ...] 
     try:
         dims = tuple(Dimension(int(s), int(o), int(f), int(b), bool(r))
                      for s, o, f, b, r in json.loads(raw))
-    except (ValueError, TypeError, OverflowError) as exc:
-        raise FrameError(f"malformed dimension header: {exc}") from exc
+    except (ValueError, TypeError, OverflowError, RecursionError) as exc:
+        raise FrameError(f"malformed dimension header: {str(exc)[:200]}") from exc
     if tuple(d.size for d in reversed(dims)) != shape:
         raise FrameError(f"dimension sizes {[d.size for d in dims]} do not match shape {shape}")
     return dims
