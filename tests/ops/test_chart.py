@@ -110,7 +110,7 @@ def test_example_render(helm: Path, tmp_path: Path) -> None:
     stage = find(docs, "Deployment", "rel-pvaflow-stage-rotate")[0]
     assert stage["spec"]["replicas"] == 2  # n_consumers: 2 -> two pods, one consumer each
     args = container(docs, "rel-pvaflow-stage-rotate")["args"]
-    assert args[0] == "consume" and "--n-consumers" not in args
+    assert args[0] == "consumer" and "--n-consumers" not in args
     assert args[args.index("--group") + 1] == "rotate"  # group defaults to the stage name
     monitor = container(docs, "rel-pvaflow-monitor")["args"]
     assert monitor[monitor.index("--web-host") + 1] == "0.0.0.0"
@@ -414,3 +414,13 @@ def test_grafana_provisioning() -> None:
     for board in dashboards().values():
         assert board["uid"].startswith("pvaflow-")
         assert board["templating"]["list"][0]["type"] == "datasource"
+
+
+def test_consumers_key_and_its_older_name_stages_render_alike(helm: Path, tmp_path: Path) -> None:
+    """`consumers:` is the wing's noun; `stages:` (the older key) still works."""
+    stage = {"name": "rotate", "input_topic": "frames", "processor": "rotate"}
+    new = render(helm, tmp_path, {"consumers": [stage]})
+    old = render(helm, tmp_path, {"stages": [stage]})
+    assert container(new, "rel-pvaflow-stage-rotate")["args"] == \
+        container(old, "rel-pvaflow-stage-rotate")["args"]
+    assert container(new, "rel-pvaflow-stage-rotate")["args"][0] == "consumer"
