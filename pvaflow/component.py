@@ -91,6 +91,9 @@ class Component(Protocol):
     def metrics(self) -> Collector | None:
         """Prometheus metrics of this component, read at scrape time."""
 
+    def ready(self) -> str | None:
+        """None when connected and working (``/readyz`` 200), else why not; any thread."""
+
     def close(self) -> int:
         """Drain, flush and release everything; return the exit code."""
 
@@ -103,6 +106,7 @@ class RunOptions:
     runtime: float = 0.0
     report_period: float = 10.0
     metrics_port: int | None = None
+    stall_after: float = metrics.STALL_AFTER
     control_topic: str | None = CONTROL_TOPIC
     status_topic: str | None = STATUS_TOPIC
 
@@ -110,6 +114,7 @@ class RunOptions:
     def from_args(cls, prog: str, args: Any) -> RunOptions:
         return cls(prog, runtime=args.runtime, report_period=args.report_period,
                    metrics_port=args.metrics_port,
+                   stall_after=getattr(args, "stall_after", metrics.STALL_AFTER),
                    control_topic=getattr(args, "control_topic", None) or None,
                    status_topic=getattr(args, "status_topic", None) or None)
 
@@ -148,21 +153,27 @@ def run_component(component: Component, options: RunOptions, kafka: Kafka) -> in
     collector: Collector | None = None
     started = False
     code = EXIT_OK
+    # Probes answer from the start: /healthz stays green while start() waits (for a topic,
+    # a channel), /readyz says "starting" until the component's own condition holds.
+    probes = metrics.Probes(float("inf"))
     try:
+        metrics.serve(options.metrics_port, probes=probes)
         kafka.check_reachable()
         component.start(ctx)
         started = True
+        probes.stall_after = options.stall_after
+        probes.beat()
+        probes.not_ready = lambda: _not_ready(component, kafka)
         collector = component.metrics()
         if collector is not None:
             REGISTRY.register(collector)
-        metrics.serve(options.metrics_port)
         if options.control_topic and options.status_topic:
             agent = ControlAgent(
                 ident, handler=ctx.commands.call, stats=component.stats, kafka=kafka,
                 schema=component.schema, control_topic=options.control_topic,
                 status_topic=options.status_topic,
                 report_period=options.report_period or 10.0, on_stop=ctx.stop.set).start()
-        _loop(component, ctx, options)
+        _loop(component, ctx, options, probes)
     except PvaflowError as exc:
         code = fail(options.prog, exc)
     except KafkaException as exc:
@@ -181,7 +192,14 @@ def run_component(component: Component, options: RunOptions, kafka: Kafka) -> in
     return code
 
 
-def _loop(component: Component, ctx: Context, options: RunOptions) -> None:
+def _not_ready(component: Component, kafka: Kafka) -> str | None:
+    if not kafka.health.reachable:
+        return f"Kafka at {kafka.bootstrap} unreachable ({kafka.health.cause})"
+    return component.ready()
+
+
+def _loop(component: Component, ctx: Context, options: RunOptions,
+          probes: metrics.Probes) -> None:
     now = time.monotonic()
     deadline = now + options.runtime if options.runtime > 0 else float("inf")
     period = options.report_period
@@ -199,6 +217,7 @@ def _loop(component: Component, ctx: Context, options: RunOptions) -> None:
         raise ValueError(f"unknown command {command!r}")
 
     while not ctx.stop.is_set():
+        probes.beat()
         component.step()
         ctx.commands.run_pending(execute)
         ctx.kafka.health.check()

@@ -1,16 +1,26 @@
-"""Prometheus plumbing shared by every component.
+"""Prometheus plumbing and health probes shared by every component.
 
 Names follow ``pvaflow_<thing>_<unit>_total`` with seconds as the base unit; every series
 carries the ``component`` label, and the wings add ``group``, ``consumer_id`` and ``topic``.
+
+The metrics port also answers Kubernetes' probes: ``/healthz`` (the process loop is alive: it
+turns 503 once the loop has not come round for ``stall_after`` seconds, so a wedged process is
+restarted) and ``/readyz`` (the component is connected: its own condition, for example a PVA
+channel connected or partitions assigned, and a reachable Kafka cluster).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import threading
+import time
+from collections.abc import Callable, Iterable
 from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, make_server
 
-from prometheus_client import REGISTRY, CollectorRegistry, start_http_server
+from prometheus_client import REGISTRY, CollectorRegistry, make_wsgi_app
+from prometheus_client.exposition import ThreadingWSGIServer
 
 log = logging.getLogger(__name__)
 
@@ -21,13 +31,72 @@ LATENCY_BUCKETS = (
 )
 
 
-def serve(port: int | None, registry: CollectorRegistry = REGISTRY) -> int | None:
-    """Start /metrics on 0.0.0.0:``port`` (0 = any free port); returns the bound port."""
+STALL_AFTER = 60.0  # seconds without a loop turn before /healthz reports a stall
+
+Environ = dict[str, Any]
+StartResponse = Callable[[str, list[tuple[str, str]]], Any]
+
+
+class Probes:
+    """Liveness from a heartbeat the loop beats; readiness from a function that returns None
+    when ready, else the reason it is not (called per probe, from the server's thread)."""
+
+    def __init__(self, stall_after: float = STALL_AFTER,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.stall_after = stall_after
+        self._clock = clock
+        self._beat = clock()
+        self.not_ready: Callable[[], str | None] = lambda: "starting"
+
+    def beat(self) -> None:
+        self._beat = self._clock()
+
+    def live(self) -> tuple[bool, str]:
+        idle = self._clock() - self._beat
+        if idle > self.stall_after:
+            return False, f"stalled: the loop has not come round for {idle:.0f} s"
+        return True, "ok"
+
+    def ready(self) -> tuple[bool, str]:
+        try:
+            reason = self.not_ready()
+        except Exception as exc:  # a probe must answer, whatever the component does
+            reason = f"readiness check failed: {exc}"
+        return (True, "ok") if reason is None else (False, reason)
+
+
+def _app(registry: CollectorRegistry, probes: Probes | None) -> Callable[..., Iterable[bytes]]:
+    metrics_app = make_wsgi_app(registry)
+
+    def app(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO", "/")
+        if probes is not None and path in ("/healthz", "/readyz"):
+            ok, text = probes.live() if path == "/healthz" else probes.ready()
+            start_response("200 OK" if ok else "503 Service Unavailable",
+                           [("Content-Type", "text/plain; charset=utf-8")])
+            return [text.encode() + b"\n"]
+        return metrics_app(environ, start_response)
+
+    return app
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        """Probes every few seconds must not flood the log."""
+
+
+def serve(port: int | None, registry: CollectorRegistry = REGISTRY,
+          probes: Probes | None = None) -> int | None:
+    """Serve /metrics (and /healthz, /readyz with ``probes``) on 0.0.0.0:``port`` (0 = any free
+    port) from a daemon thread; returns the bound port."""
     if port is None:
         return None
-    server, _thread = start_http_server(port, registry=registry)
+    server = make_server("0.0.0.0", port, _app(registry, probes), ThreadingWSGIServer,
+                         handler_class=_QuietHandler)
+    threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
     bound = int(server.server_port)
-    log.info("serving Prometheus metrics on port %d", bound)
+    log.info("serving Prometheus metrics%s on port %d",
+             " and health probes" if probes else "", bound)
     return bound
 
 

@@ -109,7 +109,11 @@ def add_run_args(parser: argparse.ArgumentParser, *, report_period: float = 10.0
                    help="stop after this many seconds; 0 runs until stopped (default: 0)")
     add_log_args(g)
     g.add_argument("--metrics-port", type=int, default=None, metavar="PORT",
-                   help="serve Prometheus /metrics on this port (0 picks a free one)")
+                   help="serve Prometheus /metrics and the /healthz, /readyz probes on this "
+                        "port (0 picks a free one)")
+    g.add_argument("--stall-after", type=non_negative, default=60.0, metavar="SECONDS",
+                   help="/healthz turns 503 when the work loop has not come round for this "
+                        "long (default: 60)")
 
 
 def add_log_args(group: Any) -> None:
