@@ -71,6 +71,9 @@ class LocalBroker:
     thread that ends early.
     """
 
+    node_id: int = 1
+    """KRaft node id; members of a ``LocalCluster`` get their own."""
+
     def __init__(
         self,
         data_dir: str | os.PathLike[str] | None = None,
@@ -159,7 +162,7 @@ class LocalBroker:
         """The broker configuration: single node, loopback only, sized for multi-MB frames."""
         props: dict[str, object] = {
             "process.roles": "broker,controller",
-            "node.id": 1,
+            "node.id": self.node_id,
             # Static quorum: works unchanged on 3.x and 4.x, needs no --standalone at format
             # time, and tolerates a different controller port on a later start.
             "controller.quorum.voters": f"1@{HOST}:{self.controller_port}",
@@ -255,7 +258,7 @@ class LocalBroker:
         jvm = self._jvm(libs, log_opt)
         if self.cluster_id is None:
             fmt = [*jvm, "kafka.tools.StorageTool", "format",
-                   "-t", new_cluster_id(), "-c", str(self.properties_path)]
+                   "-t", self._format_cluster_id(), "-c", str(self.properties_path)]
             proc = subprocess.run(fmt, capture_output=True, text=True, timeout=120, check=False)
             if proc.returncode != 0 or self.cluster_id is None:
                 raise BrokerError(
@@ -263,6 +266,10 @@ class LocalBroker:
                     + tail_text(proc.stdout + proc.stderr, 30)
                 )
         return [*jvm, "kafka.Kafka", str(self.properties_path)]
+
+    def _format_cluster_id(self) -> str:
+        """The id to format fresh storage with: a new one, unless the node joins others."""
+        return new_cluster_id()
 
     # -- lifecycle
 
@@ -274,6 +281,20 @@ class LocalBroker:
         if self.is_running():
             return self
         t0 = time.monotonic()
+        self.launch()
+        try:
+            self.wait_ready(max(1.0, self.start_timeout - (time.monotonic() - t0)))
+        except BaseException:
+            self.kill()
+            raise
+        self.last_start_seconds = time.monotonic() - t0
+        return self
+
+    def launch(self) -> None:
+        """Start the JVM without waiting for it: the members of a cluster must all be up
+        before any of them can answer (a controller quorum needs a majority)."""
+        if self.is_running():
+            return
         cmd = self._prepare()
         for port in (self.port, self.controller_port):
             if port_in_use(port):
@@ -287,13 +308,6 @@ class LocalBroker:
             preexec_fn=die_with_parent if self.die_with_parent else None,
         )
         self._finalizer = weakref.finalize(self, kill_at_exit, self._proc)
-        try:
-            self.wait_ready(max(1.0, self.start_timeout - (time.monotonic() - t0)))
-        except BaseException:
-            self.kill()
-            raise
-        self.last_start_seconds = time.monotonic() - t0
-        return self
 
     def wait_ready(self, timeout: float) -> None:
         """Block until a metadata request returns this broker and this cluster id."""
@@ -321,7 +335,7 @@ class LocalBroker:
             md = admin.list_topics(timeout=max(timeout, 0.5))
         except KafkaException:
             return False
-        return md.cluster_id == self.cluster_id and 1 in md.brokers
+        return md.cluster_id == self.cluster_id and self.node_id in md.brokers
 
     def stop(self, timeout: float | None = None) -> int | None:
         """SIGTERM (controlled shutdown), then SIGKILL after ``timeout`` s; data is kept."""
