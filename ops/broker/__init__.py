@@ -32,6 +32,7 @@ from __future__ import annotations
 from pvaflow.process import free_port
 
 from .cli import main
+from .cluster import LocalCluster
 from .errors import BrokerError
 from .lifecycle import MAX_MESSAGE_BYTES, LocalBroker, external_or_local, new_cluster_id
 from .maven import (
@@ -48,6 +49,7 @@ __all__ = [
     "MAX_MESSAGE_BYTES",
     "BrokerError",
     "LocalBroker",
+    "LocalCluster",
     "default_cache_root",
     "default_kafka_version",
     "external_or_local",
