@@ -11,7 +11,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NoReturn
 
-from .daemon import clear_state, describe, running_pid, write_state
+from .cluster import LocalCluster
+from .daemon import clear_state, describe, running_pids, write_cluster_state, write_state
 from .errors import BrokerError
 from .lifecycle import LocalBroker
 from .maven import (
@@ -21,7 +22,7 @@ from .maven import (
     default_kafka_version,
     fetch_kafka,
 )
-from .procs import pid_alive, stop_pid
+from .procs import pid_alive, stop_pids
 
 
 class _Parser(argparse.ArgumentParser):
@@ -51,6 +52,16 @@ def _port(text: str) -> int:
     return value
 
 
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if not 1 <= value <= 9:
+        raise argparse.ArgumentTypeError(f"must be 1 to 9: {text!r}")
+    return value
+
+
 def _version(text: str) -> str:
     if not VERSION_RE.match(text):
         raise argparse.ArgumentTypeError(f"not a Kafka version: {text!r}")
@@ -61,14 +72,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="pvaflow-broker",
         description=(
-            "Run a real single-node Apache Kafka broker (KRaft) on 127.0.0.1 for pvaflow\n"
-            "development, tests and demos. Jars come from Maven Central (needs mvn and java)\n"
-            "and are cached under $PVAFLOW_CACHE (default ~/.cache/pvaflow)."
+            "Run a real single-node Apache Kafka broker (KRaft), or with --brokers N a local\n"
+            "N-node cluster, on 127.0.0.1 for pvaflow development, tests and demos. Jars come\n"
+            "from Maven Central (needs mvn and java) and are cached under $PVAFLOW_CACHE\n"
+            "(default ~/.cache/pvaflow)."
         ),
         epilog=(
             "examples:\n"
             "  pvaflow-broker run                 # foreground on 127.0.0.1:9092, Ctrl-C stops\n"
             "  pvaflow-broker start --port 0      # background on a free port\n"
+            "  pvaflow-broker run --brokers 3     # 3-node cluster on 9092-9094 (fault tests)\n"
             "  export PVAFLOW_BOOTSTRAP=$(pvaflow-broker status --bootstrap)\n"
             "  pvaflow-broker stop"
         ),
@@ -83,12 +96,19 @@ def build_parser() -> argparse.ArgumentParser:
                        help="cache root for jars ($PVAFLOW_CACHE, default ~/.cache/pvaflow)")
         if ports or timeout is not None:
             p.add_argument("--data-dir", type=Path, default=None,
-                           help="broker data + logs (default <cache>/broker-<version>)")
+                           help="broker data + logs (default <cache>/broker-<version>, "
+                                "<cache>/cluster<N>-<version> with --brokers N)")
+            p.add_argument("--brokers", type=_count, default=1,
+                           help="number of brokers: N > 1 runs a local N-node KRaft cluster "
+                                "(replication factor 3, min ISR 2) for fault tests; stop and "
+                                "status use it only to find the default data dir")
         if ports:
             p.add_argument("--port", type=_port, default=9092,
-                           help="client port on 127.0.0.1 (default 9092; 0 = any free port)")
+                           help="client port on 127.0.0.1 (default 9092; 0 = any free port); "
+                                "a cluster uses PORT..PORT+N-1")
             p.add_argument("--controller-port", type=_port, default=0,
-                           help="KRaft controller port (default 0 = any free port)")
+                           help="KRaft controller port (default 0 = any free port); "
+                                "a cluster uses PORT..PORT+N-1")
         if timeout is not None:
             p.add_argument("--timeout", type=_positive, default=timeout,
                            help=f"seconds to wait (default {timeout:g})")
@@ -112,7 +132,10 @@ def _data_dir(args: argparse.Namespace) -> Path:
     if args.data_dir is not None:
         return Path(args.data_dir).resolve()
     root = args.cache_dir if args.cache_dir is not None else default_cache_root()
-    return root / f"broker-{args.kafka_version or default_kafka_version()}"
+    version = args.kafka_version or default_kafka_version()
+    if args.brokers > 1:
+        return root / f"cluster{args.brokers}-{version}"
+    return root / f"broker-{version}"
 
 
 def _make_broker(args: argparse.Namespace, data_dir: Path) -> LocalBroker:
@@ -123,9 +146,60 @@ def _make_broker(args: argparse.Namespace, data_dir: Path) -> LocalBroker:
     )
 
 
+def _make_cluster(args: argparse.Namespace, data_dir: Path) -> LocalCluster:
+    def ports(first: int) -> list[int] | None:
+        return [first + i for i in range(args.brokers)] if first else None
+
+    return LocalCluster(
+        data_dir, args.brokers, ports=ports(args.port),
+        controller_ports=ports(args.controller_port), kafka_version=args.kafka_version,
+        cache_root=args.cache_dir, start_timeout=args.timeout,
+    )
+
+
+def _cmd_run_cluster(args: argparse.Namespace, data_dir: Path) -> int:
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: object) -> None:
+        stop.set()
+
+    old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    cluster = _make_cluster(args, data_dir)
+    try:
+        cluster.start()
+        pids = [p for p in cluster.pids if p is not None]
+        write_cluster_state(cluster, pids)
+        print(f"bootstrap={cluster.bootstrap} pids={','.join(map(str, pids))} "
+              f"log={cluster.brokers[0].log_path}", flush=True)
+        print(f"{args.brokers} brokers started in {cluster.last_start_seconds:.1f} s; "
+              "Ctrl-C stops", file=sys.stderr)
+        # A member that dies (or is killed for a fault test) is reported, not fatal: the
+        # rest of the cluster keeps serving; only the loss of every member ends the run.
+        reported: set[int] = set()
+        while not stop.wait(0.5):
+            for b in cluster.brokers:
+                if not b.is_running() and b.node_id not in reported:
+                    reported.add(b.node_id)
+                    print(f"pvaflow-broker: node {b.node_id} ({b.bootstrap}) exited",
+                          file=sys.stderr, flush=True)
+            if len(reported) == len(cluster.brokers):
+                print(f"pvaflow-broker: error: every broker exited\n{cluster.log_tail()}",
+                      file=sys.stderr)
+                return 1
+        print("stopping...", file=sys.stderr, flush=True)
+        return 0
+    finally:
+        cluster.stop()
+        clear_state(data_dir)
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
 def _cmd_run(args: argparse.Namespace, data_dir: Path) -> int:
-    if (running := running_pid(data_dir)) is not None:
+    if (running := running_pids(data_dir)) is not None:
         raise BrokerError(f"a broker already runs on {data_dir}: {describe(running[1])}")
+    if args.brokers > 1:
+        return _cmd_run_cluster(args, data_dir)
     stop = threading.Event()
 
     def on_signal(signum: int, frame: object) -> None:
@@ -154,8 +228,16 @@ def _cmd_run(args: argparse.Namespace, data_dir: Path) -> int:
 
 
 def _cmd_start(args: argparse.Namespace, data_dir: Path) -> int:
-    if (running := running_pid(data_dir)) is not None:
+    if (running := running_pids(data_dir)) is not None:
         print(f"already running: {describe(running[1])}")
+        return 0
+    if args.brokers > 1:
+        cluster = _make_cluster(args, data_dir)
+        cluster.start()
+        pids = cluster.detach()
+        write_cluster_state(cluster, pids)
+        print(f"bootstrap={cluster.bootstrap} pids={','.join(map(str, pids))} "
+              f"log={cluster.brokers[0].log_path}", flush=True)
         return 0
     broker = _make_broker(args, data_dir)
     broker.start()
@@ -166,22 +248,23 @@ def _cmd_start(args: argparse.Namespace, data_dir: Path) -> int:
 
 
 def _cmd_stop(args: argparse.Namespace, data_dir: Path) -> int:
-    running = running_pid(data_dir)
+    running = running_pids(data_dir)
     if running is None:
         clear_state(data_dir)
         print(f"no broker running on {data_dir}", file=sys.stderr)
         return 0
-    pid, state = running
-    stop_pid(pid, args.timeout)
-    if pid_alive(pid):
-        raise BrokerError(f"pid {pid} survived SIGKILL")
+    pids, state = running
+    stop_pids(pids, args.timeout)
+    if survivors := [p for p in pids if pid_alive(p)]:
+        raise BrokerError(f"pid {', '.join(map(str, survivors))} survived SIGKILL")
     clear_state(data_dir)
-    print(f"stopped pid={pid} ({state['bootstrap']})")
+    label = "pids" if "pids" in state else "pid"
+    print(f"stopped {label}={','.join(map(str, pids))} ({state['bootstrap']})")
     return 0
 
 
 def _cmd_status(args: argparse.Namespace, data_dir: Path) -> int:
-    running = running_pid(data_dir)
+    running = running_pids(data_dir)
     if running is None:
         print(f"no broker running on {data_dir}", file=sys.stderr)
         return 1

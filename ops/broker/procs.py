@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from .errors import BrokerError
@@ -103,16 +104,19 @@ def kill_at_exit(proc: subprocess.Popen[bytes]) -> None:
             proc.wait(5)
 
 
-def stop_pid(pid: int, timeout: float) -> None:
-    """SIGTERM, then SIGKILL after ``timeout`` s, for a process we cannot ``wait()`` on."""
-    signal_process(pid, signal.SIGCONT)  # a paused JVM cannot shut down
-    signal_process(pid, signal.SIGTERM)
+def stop_pids(pids: Sequence[int], timeout: float) -> None:
+    """SIGTERM, then SIGKILL after ``timeout`` s, for processes we cannot ``wait()`` on.
+    All are signalled at once: the members of a cluster shut down together."""
+    for pid in pids:
+        signal_process(pid, signal.SIGCONT)  # a paused JVM cannot shut down
+        signal_process(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
-    while pid_alive(pid):
+    while any(pid_alive(pid) for pid in pids):
         if time.monotonic() > deadline:
-            signal_process(pid, signal.SIGKILL)
+            for pid in pids:
+                signal_process(pid, signal.SIGKILL)
             end = time.monotonic() + 10
-            while pid_alive(pid) and time.monotonic() < end:
+            while any(pid_alive(pid) for pid in pids) and time.monotonic() < end:
                 time.sleep(0.1)
             break
         time.sleep(0.1)
