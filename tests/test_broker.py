@@ -106,6 +106,7 @@ def _cli(*args: str) -> subprocess.CompletedProcess[str]:
 @pytest.mark.parametrize("args", [
     [], ["frobnicate"], ["start", "--port", "abc"], ["start", "--port", "70000"],
     ["run", "--timeout", "0"], ["start", "--kafka-version", "four"], ["stop", "--bogus"],
+    ["run", "--brokers", "0"], ["start", "--brokers", "many"],
 ])
 def test_cli_wrong_arguments_give_one_line_error(args: list[str]) -> None:
     r = _cli(*args)
