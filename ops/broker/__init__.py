@@ -11,15 +11,20 @@ Python use::
         produce_to(broker.bootstrap)
         broker.stop(); broker.start()      # outage with data kept, same port
 
+    with LocalCluster(brokers=3) as cluster:   # 3 replicating nodes, for fault tests
+        cluster.kill(0); cluster.start(0)      # crash and restart one member
+
 Command line (``pvaflow-broker`` / ``python -m pvaflow.ops.broker`` / ``scripts/kafka-local``)::
 
     pvaflow-broker fetch                   # resolve the jars, print where they are
     pvaflow-broker run [--port 9092]       # foreground until Ctrl-C
+    pvaflow-broker run --brokers 3         # a local 3-node cluster (see ``cluster``)
     pvaflow-broker start / stop / status   # background broker tracked by a state file
 
 The package is split by job: ``maven`` (jar resolution and cache), ``procs`` (process and
-socket helpers), ``lifecycle`` (``LocalBroker``), ``daemon`` (the state file of a background
-broker) and ``cli`` (``pvaflow-broker``). This module re-exports what callers use.
+socket helpers), ``lifecycle`` (``LocalBroker``), ``cluster`` (``LocalCluster``), ``daemon``
+(the state file of a background broker) and ``cli`` (``pvaflow-broker``). This module
+re-exports what callers use.
 
 Environment: ``KAFKA_VERSION`` (default 4.1.1; 3.x works too), ``PVAFLOW_CACHE`` (cache root,
 default ``~/.cache/pvaflow``), ``PVAFLOW_MAVEN_ARGS`` (extra Maven arguments, e.g.
