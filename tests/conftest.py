@@ -12,6 +12,10 @@ Fixtures (see each docstring):
 * ``broker`` (session) -> the session's ``LocalBroker`` (skips with an external bootstrap)
 * ``private_broker`` -> factory ``(**LocalBroker kwargs) -> LocalBroker`` for stop/start tests
 * ``exclusive_kafka`` -> stops the shared broker during the test (for tests running their own)
+* ``kafka_cluster`` -> a started 3-node ``LocalCluster`` (replication factor 3, min ISR 2) for
+  replication fault tests; one per test module, started on first use, runs beside the shared
+  broker on other free ports; tests may stop/kill/restart members (restarted before the next
+  test) and it is stopped, checked by pid, when the module ends
 * ``kafka_admin`` -> ``AdminClient`` on ``kafka_bootstrap``
 * ``make_topic`` -> factory ``(partitions=1, *, suffix="", name=None, config=None) -> str``
 * ``topic`` -> one fresh single-partition topic name
@@ -28,6 +32,7 @@ import contextlib
 import os
 import re
 import shutil
+import signal
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -35,7 +40,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from pvaflow.ops.broker import LocalBroker
+from pvaflow.ops.broker import LocalBroker, LocalCluster
+from pvaflow.ops.broker.procs import pid_alive, signal_process
 from pvaflow.ops.simulator import SimServer, loopback_env, sim_args
 
 from pvaflow.process import free_port
@@ -45,7 +51,7 @@ REPO = Path(__file__).resolve().parent.parent
 # Fixtures whose users need real servers; such tests get the ``integration`` marker.
 INTEGRATION_FIXTURES = frozenset({
     "kafka_bootstrap", "broker", "private_broker", "exclusive_kafka", "kafka_admin",
-    "make_topic", "topic", "sim_server",
+    "make_topic", "topic", "sim_server", "kafka_cluster",
 })
 
 
@@ -176,6 +182,59 @@ def exclusive_kafka(_session_broker: _SessionBroker) -> Iterator[list[int]]:
     run Kafka some other way (e.g. the ``pvaflow-broker`` CLI). Yields its reserved ports."""
     with _session_broker.suspended() as ports:
         yield ports
+
+
+class _ClusterHolder:
+    """Lazily started module cluster. Module scope, not session: three idle JVMs would
+    otherwise keep two cores busy through the rest of the suite."""
+
+    def __init__(self, data_dir: Path, session: _SessionBroker) -> None:
+        self._data_dir = data_dir
+        self._session = session
+        self.cluster: LocalCluster | None = None
+        self.pids: set[int] = set()
+
+    def ensure(self) -> LocalCluster:
+        if self.cluster is None:
+            b = self._session.broker
+            self.cluster = LocalCluster(
+                self._data_dir, brokers=3, die_with_parent=True,
+                exclude_ports=[] if b is None else [b.port, b.controller_port])
+        if not self.cluster.is_running():
+            self.cluster.start()
+        self.pids.update(p for p in self.cluster.pids if p is not None)
+        return self.cluster
+
+    def close(self) -> None:
+        if self.cluster is None:
+            return
+        self.pids.update(p for p in self.cluster.pids if p is not None)
+        self.cluster.stop()
+        for pid in self.pids:  # every JVM this module started, restarts included
+            if pid_alive(pid):
+                signal_process(pid, signal.SIGKILL)
+        for b in self.cluster.brokers:  # keep the logs, drop the topic data
+            shutil.rmtree(b.kraft_dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def _cluster_holder(
+    _session_broker: _SessionBroker, tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[_ClusterHolder]:
+    holder = _ClusterHolder(tmp_path_factory.mktemp("kafka-cluster"), _session_broker)
+    try:
+        yield holder
+    finally:
+        holder.close()
+
+
+@pytest.fixture
+def kafka_cluster(_cluster_holder: _ClusterHolder) -> LocalCluster:
+    """A running 3-node ``LocalCluster`` (see pvaflow.ops.broker.cluster): every member is
+    (re)started and the cluster reports all three brokers before the test gets it. Shared by
+    the tests of one module; ``bootstrap`` lists all members, ``brokers[i]`` is node ``i + 1``.
+    """
+    return _cluster_holder.ensure()
 
 
 @pytest.fixture

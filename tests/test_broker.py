@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 from pvaflow.ops import broker as broker_mod
-from pvaflow.ops.broker import LocalBroker, new_cluster_id
+from pvaflow.ops.broker import LocalBroker, new_cluster_id, procs
 
 REPO = Path(__file__).resolve().parent.parent
 MiB = 1024 * 1024
@@ -106,6 +106,7 @@ def _cli(*args: str) -> subprocess.CompletedProcess[str]:
 @pytest.mark.parametrize("args", [
     [], ["frobnicate"], ["start", "--port", "abc"], ["start", "--port", "70000"],
     ["run", "--timeout", "0"], ["start", "--kafka-version", "four"], ["stop", "--bogus"],
+    ["run", "--brokers", "0"], ["start", "--brokers", "many"],
 ])
 def test_cli_wrong_arguments_give_one_line_error(args: list[str]) -> None:
     r = _cli(*args)
@@ -223,4 +224,4 @@ def test_cli_start_status_stop(exclusive_kafka: list[int], tmp_path: Path) -> No
     finally:
         stop = _cli("stop", "--data-dir", str(data))
     assert stop.returncode == 0, stop.stderr
-    assert not broker_mod._pid_alive(int(fields["pid"]))
+    assert not procs.pid_alive(int(fields["pid"]))

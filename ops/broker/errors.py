@@ -1,0 +1,8 @@
+"""The one exception of the launcher, in its own module so every part can raise it without
+importing the others."""
+
+from __future__ import annotations
+
+
+class BrokerError(RuntimeError):
+    """The broker could not be fetched, started or stopped; the message says why."""
