@@ -32,8 +32,8 @@ class Command:
 
 
 COMMANDS: tuple[Command, ...] = (
-    Command("broker", "pvaflow.ops.broker:main",
-            "run a local Kafka broker or cluster (KRaft) from Maven Central jars",
+    Command("broker", "pvaflow.ops.broker.cli:main",
+            "run a local Kafka broker, or a 3-broker cluster (KRaft), from Maven Central jars",
             script="pvaflow-broker"),
     Command("bridge", "pvaflow.bridge.cli:main", "PVA NTNDArray channels -> Kafka topics",
             script="pvaflow-bridge"),

@@ -72,9 +72,21 @@ class Parser(argparse.ArgumentParser):
         if not match:
             return ""
         wrong = match.group(1).split("=", 1)[0]
-        known = [s for a in self._actions for s in a.option_strings]
+        known = _option_strings(self)
         close = difflib.get_close_matches(wrong, known, n=1, cutoff=0.6)
         return f" (did you mean {close[0]}?)" if close else ""
+
+
+def _option_strings(parser: argparse.ArgumentParser) -> list[str]:
+    """Every option of ``parser`` and of its subcommands (argparse reports a subcommand's
+    unknown option from the top parser)."""
+    out: list[str] = []
+    for action in parser._actions:
+        out += action.option_strings
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                out += _option_strings(sub)
+    return out
 
 
 def did_you_mean(word: str, choices: Sequence[str]) -> str:

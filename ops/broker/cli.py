@@ -9,7 +9,10 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import NoReturn
+
+from pvaflow.component import fail
+from pvaflow.errors import PvaflowError
+from pvaflow.options import Parser
 
 from .cluster import LocalCluster
 from .daemon import clear_state, describe, running_pids, write_cluster_state, write_state
@@ -23,13 +26,6 @@ from .maven import (
     fetch_kafka,
 )
 from .procs import pid_alive, stop_pids
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse with a one-line error instead of usage + error (scripts grep stderr)."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
 def _positive(text: str) -> float:
@@ -69,10 +65,10 @@ def _version(text: str) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
+    parser = Parser(
         prog="pvaflow-broker",
         description=(
-            "Run a real single-node Apache Kafka broker (KRaft), or with --brokers N a local\n"
+            "Run a real Apache Kafka broker (KRaft), or with --brokers N a local\n"
             "N-node cluster, on 127.0.0.1 for pvaflow development, tests and demos. Jars come\n"
             "from Maven Central (needs mvn and java) and are cached under $PVAFLOW_CACHE\n"
             "(default ~/.cache/pvaflow)."
@@ -288,8 +284,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "run": _cmd_run, "start": _cmd_start, "stop": _cmd_stop, "status": _cmd_status,
         }
         return commands[args.command](args, data_dir)
-    except BrokerError as exc:
-        print(f"pvaflow-broker: error: {exc}", file=sys.stderr)
-        return 1
+    except PvaflowError as exc:
+        return fail("pvaflow-broker", exc)
     except KeyboardInterrupt:
         return 130

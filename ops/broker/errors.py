@@ -3,6 +3,8 @@ importing the others."""
 
 from __future__ import annotations
 
+from pvaflow.errors import PvaflowError
 
-class BrokerError(RuntimeError):
+
+class BrokerError(PvaflowError):
     """The broker could not be fetched, started or stopped; the message says why."""
