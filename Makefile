@@ -16,6 +16,7 @@ help:
 	@echo "make venv    create $(VENV) (if missing) and pip install -e '.[dev]'"
 	@echo "make lint    ruff + mypy"
 	@echo "make test    lint, then pytest (real Kafka broker + PVA sim servers; PYTEST_ARGS=...)"
+	@echo "make alerts  regenerate alerts/pvaflow.rules.yaml from the chart's alert rules"
 	@echo "make demo    run the end-to-end demo (python -m pvaflow.ops.demo)"
 	@echo "make bench   run every benchmark; rewrites docs/performance.md (quiet machine!)"
 	@echo "make broker  run a local Kafka broker in the foreground (BROKER_ARGS='--port 0')"
@@ -35,10 +36,14 @@ lint: venv
 test: lint tools
 	$(BIN)/pytest -q $(PYTEST_ARGS)
 
-.PHONY: tools
+.PHONY: tools alerts
 # helm (go install), Prometheus (Debian package, unpacked) and kubernetes-validate for tests/ops.
 tools: venv
 	@scripts/tools
+
+# The plain Prometheus rules file, from the chart's helm/pvaflow/files/alerts.yaml.
+alerts: venv
+	$(BIN)/python -m tests.ops.rules >alerts/pvaflow.rules.yaml
 
 demo: venv
 	$(BIN)/python -m pvaflow.ops.demo

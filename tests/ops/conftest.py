@@ -1,4 +1,5 @@
-"""Ops test helpers: the helm and prometheus binaries ``make tools`` installs, chart rendering.
+"""Ops test helpers: the helm and prometheus binaries and the CRDs ``make tools`` installs,
+chart rendering.
 
 The tools live in ``<repo>/.cache/tools`` (``scripts/tools``). Without them these tests skip
 with a pointer to ``make tools``, except under CI (``$CI`` set), where a missing tool fails.
@@ -21,15 +22,21 @@ TOOLS = REPO / ".cache" / "tools"
 CHART = REPO / "helm" / "pvaflow"
 HELM = TOOLS / "helm"
 PROMETHEUS = TOOLS / "prometheus" / "usr" / "bin" / "prometheus"
+PROMTOOL = TOOLS / "prometheus" / "usr" / "bin" / "promtool"
+CRD_DIR = TOOLS / "crds"
 
 
-def require_tool(path: Path) -> Path:
-    if path.is_file() and os.access(path, os.X_OK):
-        return path
-    message = f"{path.relative_to(REPO)} is missing: run `make tools`"
+def missing(message: str) -> None:
+    """Skip (fail under CI) because a tool ``make tools`` installs is missing."""
     if os.environ.get("CI"):
         pytest.fail(message)
     pytest.skip(message)
+
+
+def require_tool(path: Path) -> Path:
+    if not (path.is_file() and os.access(path, os.X_OK)):
+        missing(f"{path.relative_to(REPO)} is missing: run `make tools`")
+    return path
 
 
 @pytest.fixture(scope="session")
@@ -40,6 +47,21 @@ def helm() -> Path:
 @pytest.fixture(scope="session")
 def prometheus_bin() -> Path:
     return require_tool(PROMETHEUS)
+
+
+@pytest.fixture(scope="session")
+def promtool() -> Path:
+    return require_tool(PROMTOOL)
+
+
+@pytest.fixture(scope="session")
+def crd_dir() -> Path:
+    """The KEDA and prometheus-operator CRDs (scripts/tools copies them from the Go modules)."""
+    from .crds import CRD_FILES
+    absent = [f for f in CRD_FILES.values() if not (CRD_DIR / f).is_file()]
+    if absent:
+        missing(f"{CRD_DIR.relative_to(REPO)}/{absent[0]} is missing: run `make tools`")
+    return CRD_DIR
 
 
 class HelmError(AssertionError):

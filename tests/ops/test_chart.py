@@ -2,8 +2,9 @@
 
 Each value set is linted and rendered; every built-in resource must validate strictly against
 the Kubernetes 1.31 schemas bundled with kubernetes-validate. Custom resources (KEDA
-ScaledObject/TriggerAuthentication, prometheus-operator ServiceMonitor/PodMonitor) have no
-bundled schema, so their shape is asserted field by field.
+ScaledObject/TriggerAuthentication, prometheus-operator ServiceMonitor/PodMonitor/
+PrometheusRule) are validated against their CRDs in test_crds.py; here their content is
+asserted field by field.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ KUBE_VERSION = "1.31.0"
 CRDS = {
     ("keda.sh/v1alpha1", "ScaledObject"), ("keda.sh/v1alpha1", "TriggerAuthentication"),
     ("monitoring.coreos.com/v1", "ServiceMonitor"), ("monitoring.coreos.com/v1", "PodMonitor"),
+    ("monitoring.coreos.com/v1", "PrometheusRule"),
 }
 
 EXAMPLE = yaml.safe_load((CHART / "examples" / "pipeline.yaml").read_text())
