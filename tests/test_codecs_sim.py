@@ -14,11 +14,11 @@ from typing import Any
 import h5py
 import numpy as np
 import pytest
+from pvaflow.ops.synthetic import DATASET, write_hdf5
 
 from pvaflow.codec import decode, encode
 from pvaflow.codecs import encode_frame
 from pvaflow.frame import Frame
-from pvaflow.ops.synthetic import DATASET, write_hdf5
 
 pytestmark = pytest.mark.integration
 
