@@ -77,7 +77,9 @@ class Attribute:
 @dataclass
 class Codec:
     """Codec of a compressed frame, as NTNDArray's ``codec`` field records it. The frame's
-    ``array`` then holds the compressed bytes (uint8, 1-D); these fields describe the image."""
+    ``array`` then holds the compressed bytes (uint8, 1-D); these fields describe the image
+    (``dtype`` is NTNDArray's ``codec.parameters``, ``uncompressed_size`` its
+    ``uncompressedSize``). ``pvaflow.codecs`` decodes and encodes the payload."""
 
     name: str
     dtype: np.dtype[Any]
@@ -87,9 +89,19 @@ class Codec:
 
 @dataclass
 class Frame:
-    """One frame. ``array`` is C-ordered with NTNDArray's dimension order reversed (numpy's
-    slowest axis first); for a compressed frame it is the compressed payload and ``codec`` says
-    what it decompresses to."""
+    """One frame.
+
+    ``array`` is the payload as carried: for an uncompressed frame the pixels, C-ordered with
+    NTNDArray's dimension order reversed (numpy's slowest axis first); for a compressed frame
+    (``compressed``, ``codec`` set) the compressed bytes, uint8 1-D. ``image`` is always the
+    pixels: the array itself when uncompressed, else decoded once on first use and cached.
+    Code that looks at pixels reads ``image``; code that moves frames along reads nothing and
+    so never decodes.
+
+    New pixels go in with ``with_image(pixels)``: the result is uncompressed and remembers the
+    codec it came from (``origin_codec``) so that a stage's output policy
+    (``pvaflow.codecs.encode_frame``, ``--output-codec same``) can compress it again.
+    """
 
     array: np.ndarray[Any, Any]
     unique_id: int = 0
@@ -101,6 +113,30 @@ class Frame:
     descriptor: str = ""
     source: str = ""
     sequence: int = -1
+    # codec of the frame this one's pixels were derived from (set by with_image); not carried
+    origin_codec: str | None = field(default=None, repr=False, compare=False)
+    _image: np.ndarray[Any, Any] | None = field(
+        default=None, init=False, repr=False, compare=False)
+
+    @property
+    def compressed(self) -> bool:
+        """Whether ``array`` holds compressed bytes (see ``codec``) rather than pixels."""
+        return self.codec is not None
+
+    @property
+    def image(self) -> np.ndarray[Any, Any]:
+        """The pixels: an array of ``dtype`` and ``shape``. For an uncompressed frame this is
+        ``array`` itself (no copy); a compressed frame is decoded on first access, once, into
+        a read-only array (copy it to modify it). Raises ``FrameError`` when the codec is not
+        installed or the payload is corrupt."""
+        if self.codec is None:
+            return self.array
+        image = self._image
+        if image is None:
+            from .codecs import decode_image
+
+            image = self._image = decode_image(self)
+        return image
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -126,9 +162,23 @@ class Frame:
                 return a.value
         return default
 
-    def with_array(self, array: np.ndarray[Any, Any]) -> Frame:
-        """A copy of the metadata around a new (uncompressed) array: what most plugins return."""
+    def with_image(self, pixels: np.ndarray[Any, Any]) -> Frame:
+        """A copy of the metadata around new pixels: what most plugins return. The result is
+        uncompressed; ``origin_codec`` keeps this frame's codec so the stage's output policy
+        can compress it again (``pvaflow.codecs.encode_frame``)."""
         dims = self.dimensions
-        if dims is not None and tuple(d.size for d in reversed(dims)) != array.shape:
+        if dims is not None and tuple(d.size for d in reversed(dims)) != pixels.shape:
             dims = None  # binning/cropping changed the image: the old AD metadata is wrong
-        return replace(self, array=array, codec=None, dimensions=dims)
+        origin = self.codec.name if self.codec is not None else self.origin_codec
+        return replace(self, array=pixels, codec=None, dimensions=dims, origin_codec=origin)
+
+    def with_array(self, array: np.ndarray[Any, Any]) -> Frame:
+        """Same as ``with_image`` (the older name)."""
+        return self.with_image(array)
+
+    def recompressed(self, codec: str) -> Frame:
+        """This frame compressed with ``codec`` (``"none"``: uncompressed). A frame already in
+        that form is returned as is, its bytes untouched."""
+        from .codecs import recompress
+
+        return recompress(self, codec)
