@@ -121,3 +121,27 @@ def test_each_role_gets_only_the_shared_settings_its_command_takes():
     assert parts["mirror"][:2] == ["--bootstrap-servers", "h:1"]
     assert "--status-topic" not in parts["mirror"] and "--control-topic" not in parts["mirror"]
     assert "--control-topic" in parts["bridge"] and "--status-topic" in parts["bridge"]
+
+
+def test_demo_takes_runtime_like_every_command_and_builds_a_runnable_graph():
+    from pvaflow.ops.demo import build_parser, spec
+
+    parser = build_parser()
+    assert parser.parse_args([]).runtime == 15.0
+    assert parser.parse_args(["-rt", "4"]).runtime == parser.parse_args(
+        ["--seconds", "4"]).runtime == 4.0
+    assert "--seconds" not in parser.format_help()
+    graph = spec("h:1", "demo:x:image", "x", 2)
+    assert "consumers" in graph and "stages" not in graph
+    parts = components(graph)
+    assert [(p.program, p.name) for p in parts] == [
+        ("collector", "collector"), ("consumer", "demo-x-rotate"), ("bridge", "bridge")]
+    assert all(p.args[:2] == ["--bootstrap-servers", "h:1"] for p in parts)
+
+
+def test_demo_refuses_a_non_positive_runtime_in_one_line(capsys):
+    from pvaflow.ops.demo import main as demo_main
+
+    assert demo_main(["--runtime", "0"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["pvaflow demo: error: --runtime, --fps, --size and --partitions must be > 0"]
