@@ -145,3 +145,54 @@ def test_demo_refuses_a_non_positive_runtime_in_one_line(capsys):
     assert demo_main(["--runtime", "0"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["pvaflow demo: error: --runtime, --fps, --size and --partitions must be > 0"]
+
+
+@pytest.mark.integration
+def test_run_starts_the_monitor_through_the_registry_with_x_settings(kafka_bootstrap, tmp_path):
+    """No wing needed: `pvaflow run` with only a monitor, whose -X settings come from X:."""
+    import json
+    import signal
+    import socket
+    import subprocess
+    import urllib.request
+    import uuid
+
+    from tests.collectors.helpers import wait_for
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    tag = uuid.uuid4().hex[:8]
+    f = tmp_path / "p.yaml"
+    f.write_text(f"bootstrap_servers: {kafka_bootstrap}\n"
+                 f"status_topic: t-run-status-{tag}\n"
+                 "X: {security.protocol: PLAINTEXT, linger.ms: 1}\n"
+                 f"monitor: {{web_port: {port}, app_id: run-{tag}, "
+                 f"data_dir: {tmp_path / 'mon'}}}\n")
+
+    def view() -> dict | None:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/status", timeout=3) as r:
+                return dict(json.load(r))
+        except OSError:
+            return None
+
+    log = tmp_path / "run.log"
+    with open(log, "wb") as out:
+        run = subprocess.Popen([sys.executable, "-m", "pvaflow.cli", "run", str(f)],
+                               stdout=out, stderr=subprocess.STDOUT)
+    try:
+        wait_for(lambda: view() is not None or run.poll() is not None, 120, "the monitor")
+        assert run.poll() is None, log.read_text()
+        current = view()
+        assert current is not None and (current["stages"], current["lost_total"]) == ([], 0)
+        run.send_signal(signal.SIGTERM)
+        assert run.wait(60) == 0, log.read_text()
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.wait()
+    text = log.read_text()
+    assert "starting monitor: pvaflow monitor --bootstrap-servers" in text
+    assert "-X security.protocol=PLAINTEXT -X linger.ms=1" in text
+    assert "do not apply" not in text and "Traceback" not in text
