@@ -15,15 +15,19 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
-from confluent_kafka import OFFSET_END, Consumer, Producer, TopicPartition
+from confluent_kafka import OFFSET_END, KafkaException, TopicPartition
 
+from pvaflow.component import as_pvaflow_error, run_command
 from pvaflow.control import COMMANDS, CONTROL_TOPIC, STATUS_TOPIC, ComponentId, command_message
-from pvaflow.kafka.settings import consumer_config, producer_config
-from pvaflow.kafka.topics import ensure_topic
+from pvaflow.errors import PvaflowError
+from pvaflow.kafka.client import Kafka
+from pvaflow.kafka.topics import ensure_topic, watermarks
 from pvaflow.options import Parser, add_kafka_args, parse
 
 from .monitor import STALE_AFTER
-from .status_cli import DEFAULT_MONITOR, StatusUnavailable, get_view
+from .status_cli import DEFAULT_MONITOR, get_view, quiet_kafka_warnings
+
+PROG = "pvaflow control"
 
 
 def build_parser() -> Parser:
@@ -50,6 +54,7 @@ def build_parser() -> Parser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parse(parser, argv)
+    quiet_kafka_warnings()
     try:
         cmd_args = json.loads(args.args)
     except ValueError as exc:
@@ -60,11 +65,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         message = command_message(args.target, args.command, cmd_args)
     except ValueError as exc:
         parser.error(str(exc))
+    return run_command(PROG, lambda: control(parser, args, message))
+
+
+def control(parser: Parser, args: Any, message: dict[str, Any]) -> int:
+    kafka = Kafka.from_args(args)
     try:
-        view, _source = get_view(args)
-    except StatusUnavailable as exc:
-        print(f"pvaflow control: cannot list components: {exc}", file=sys.stderr)
-        return 1
+        view, _source = get_view(args, kafka)
+    except PvaflowError as exc:
+        exc.message = f"cannot list components: {exc.message}"
+        raise
     matching = [c for c in view["components"]
                 if ComponentId.parse(c["component"]).matches(args.target)]
     if not matching:
@@ -73,31 +83,30 @@ def main(argv: Sequence[str] | None = None) -> int:
                      f"{', '.join(known) or 'none (is anything running?)'}")
     expected = {c["component"] for c in matching if c["state"] != "stopped"}
     if not expected:
-        print(f"pvaflow control: every component matching {args.target!r} has stopped: "
-              f"{', '.join(sorted(c['component'] for c in matching))}", file=sys.stderr)
-        return 1
-    replies = send_and_wait(args, message, expected)
+        raise PvaflowError(f"every component matching {args.target!r} has stopped: "
+                           f"{', '.join(sorted(c['component'] for c in matching))}")
+    try:
+        replies = send_and_wait(kafka, args, message, expected)
+    except KafkaException as exc:
+        raise as_pvaflow_error(exc, kafka) from None
     return report(replies, expected, args.timeout, args.json)
 
 
 def send_and_wait(
-    args: Any, message: dict[str, Any], expected: set[str]
+    kafka: Kafka, args: Any, message: dict[str, Any], expected: set[str]
 ) -> dict[str, dict[str, Any]]:
     """Listen on the status topic from its end, send, collect replies to this request_id."""
-    ensure_topic(args.control_topic, 1, bootstrap=args.bootstrap_servers,
-                 overrides=args.kafka_overrides, strict=False)
-    consumer = Consumer(consumer_config(
-        f"pvaflow-control-cli-{uuid.uuid4().hex[:8]}", args.bootstrap_servers,
-        args.kafka_overrides))
-    producer = Producer(producer_config(args.bootstrap_servers, args.kafka_overrides,
-                                        enable_idempotence=False, linger_ms=0))
+    kafka.check_reachable()
+    ensure_topic(args.control_topic, 1, admin=kafka.admin(), strict=False)
+    consumer = kafka.consumer(f"pvaflow-control-cli-{uuid.uuid4().hex[:8]}")
+    producer = kafka.producer(enable_idempotence=False, linger_ms=0)
     try:
-        tp = TopicPartition(args.status_topic, 0)
-        _low, high = consumer.get_watermark_offsets(tp, timeout=10, cached=False)
+        _low, high = watermarks(consumer, args.status_topic)
         consumer.assign([TopicPartition(args.status_topic, 0, high if high >= 0 else OFFSET_END)])
         producer.produce(args.control_topic, key=args.target.encode(),
                          value=json.dumps(message).encode())
-        producer.flush(10)
+        if producer.flush(10):
+            raise kafka.health.unavailable("could not send the command to Kafka", kafka.bootstrap)
         replies: dict[str, dict[str, Any]] = {}
         deadline = time.monotonic() + args.timeout
         while time.monotonic() < deadline and not expected <= replies.keys():

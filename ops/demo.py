@@ -18,14 +18,16 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from pvaflow.component import run_command
+from pvaflow.errors import PvaflowError, UsageError
 from pvaflow.kafka.settings import ENV_BOOTSTRAP
-from pvaflow.options import Parser, parse
+from pvaflow.options import Parser, flags, parse
 
 from .broker import external_or_local
 from .monitor import latest_from_messages, pipeline_view
 from .pipeline import components, start, stop_all
 from .simulator import SimServer, loopback_env, sim_args
-from .status_cli import StatusUnavailable, read_status_topic, render
+from .status_cli import read_status_topic, render
 
 
 def spec(bootstrap: str, channel: str, run_id: str, partitions: int) -> dict[str, Any]:
@@ -39,9 +41,9 @@ def spec(bootstrap: str, channel: str, run_id: str, partitions: int) -> dict[str
         "collector": {"input_topic": [rotated], "output_topic": f"demo.{run_id}.ordered",
                       "group": f"demo-{run_id}-collector", "report_period": 2,
                       "log_level": "warning"},
-        "stages": [{"name": f"demo-{run_id}-rotate", "input_topic": frames, "processor": "rotate",
-                    "n_consumers": 2, "output_topic": rotated, "report_period": 2,
-                    "log_level": "warning"}],
+        "consumers": [{"name": f"demo-{run_id}-rotate", "input_topic": frames,
+                       "processor": "rotate", "n_consumers": 2, "output_topic": rotated,
+                       "report_period": 2, "log_level": "warning"}],
         "bridge": {"input_channel": [channel], "topic": [frames], "partitions": partitions,
                    "report_period": 2, "log_level": "warning"},
     }
@@ -66,35 +68,42 @@ def say(text: str) -> None:
 def show_status(bootstrap: str, topic: str) -> str:
     try:
         messages = read_status_topic(topic, bootstrap, timeout=5)
-    except StatusUnavailable as exc:
-        return f"(status not available yet: {exc})"
+    except PvaflowError as exc:
+        return f"(status not available yet: {exc.line()})"
     view = pipeline_view(latest_from_messages(messages), stale_after=30)
     return render(view) if view["stages"] else "(no component has reported yet)"
 
 
 def build_parser() -> Parser:
-    p = Parser(prog="pvaflow demo", description=__doc__.split("\n\n")[0])
-    p.add_argument("--seconds", type=float, default=15.0, help="how long frames flow (default 15)")
-    p.add_argument("--fps", type=float, default=100.0, help="simulator frame rate (default 100)")
-    p.add_argument("--size", type=int, default=128, help="image side in pixels (default 128)")
-    p.add_argument("--partitions", type=int, default=2, help="frames topic partitions (default 2)")
+    p = Parser(prog="pvaflow demo", description=(__doc__ or "").split("\n\n")[0])
+    p.add_argument(*flags("--runtime"), type=float, default=15.0, metavar="SECONDS",
+                   help="how long frames flow (default: 15)")
+    # the option's name before every command took --runtime
+    p.add_argument("--seconds", dest="runtime", type=float, help=argparse.SUPPRESS)
+    p.add_argument("--fps", type=float, default=100.0, help="simulator frame rate (default: 100)")
+    p.add_argument("--size", type=int, default=128, metavar="N",
+                   help="image side in pixels (default: 128)")
+    p.add_argument("--partitions", type=int, default=2, metavar="N",
+                   help="frames topic partitions (default: 2)")
     p.add_argument("--log-level", default="warning", help=argparse.SUPPRESS)
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse(build_parser(), argv)
-    if args.seconds <= 0 or args.fps <= 0 or args.size <= 0 or args.partitions <= 0:
-        print("pvaflow demo: error: --seconds, --fps, --size and --partitions must be > 0",
-              file=sys.stderr)
-        return 2
+    return run_command("pvaflow demo", lambda: demo(args))
+
+
+def demo(args: Any) -> int:
+    if args.runtime <= 0 or args.fps <= 0 or args.size <= 0 or args.partitions <= 0:
+        raise UsageError("--runtime, --fps, --size and --partitions must be > 0")
     run_id = uuid.uuid4().hex[:6]
     env = loopback_env()
     os.environ.update(env)
     with tempfile.TemporaryDirectory(prefix="pvaflow-demo-") as tmp, kafka(Path(tmp)) as boot:
         channel = f"demo:{run_id}:image"
         sim = SimServer(sim_args(channel, nx=args.size, ny=args.size, fps=args.fps,
-                                 runtime=args.seconds + 30, n_frames=100, start_delay=2),
+                                 runtime=args.runtime + 30, n_frames=100, start_delay=2),
                         channel, env, Path(tmp) / "sim.log")
         graph = spec(boot, channel, run_id, args.partitions)
         logs = Path("out", f"demo-{run_id}").resolve()
@@ -105,13 +114,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             say(f"PVA simulator: {channel}, {args.size}x{args.size} uint8 at {args.fps:g} fps")
             sim.start()
             say("pipeline: bridge -> 2 x rotate consumers -> collector (ordered by uniqueId)")
-            t_end = time.monotonic() + args.seconds
+            t_end = time.monotonic() + args.runtime
             while (left := t_end - time.monotonic()) > 0:
                 time.sleep(min(5.0, left))
                 if any(p.poll() is not None for _, p in procs):
                     say("a component stopped early; see its messages above")
                     break
-                say(f"status after {args.seconds - max(left - 5, 0):.0f} s:\n"
+                say(f"status after {args.runtime - max(left - 5, 0):.0f} s:\n"
                     + show_status(boot, graph["status_topic"]))
             sim.stop()
             say("source stopped; letting the pipeline drain ...")

@@ -6,9 +6,16 @@ in a Table; the Table's changelog topic is what lets a restarted monitor come ba
 totals. The web server serves ``/status`` (JSON) and ``/metrics`` (Prometheus text), both
 computed from the Table on request.
 
-The aggregation (:func:`pipeline_view`) is plain Python so ``pvaflow status`` can compute the
-same view straight from the status topic when no monitor is running; faust is imported only
-when the monitor itself starts.
+What a stage's frames in, out and lost are comes from the :class:`~pvaflow.status.StatusSchema`
+every status message carries, so the monitor knows no wing's stats keys. The aggregation
+(:func:`pipeline_view`) is plain Python so ``pvaflow status`` can compute the same view straight
+from the status topic when no monitor is running; faust is imported only when the monitor
+itself starts.
+
+The monitor reads ``-b``, ``-X`` and ``PVAFLOW_KAFKA_*`` like every other command: the status
+topic is created and the cluster's reachability checked with the same librdkafka settings, and
+:mod:`pvaflow.kafka.aio` turns them into faust's broker URLs and credentials (SASL PLAIN /
+SCRAM, TLS).
 """
 
 from __future__ import annotations
@@ -22,16 +29,20 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
+from confluent_kafka import KafkaException
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from pvaflow.component import as_pvaflow_error, run_command
 from pvaflow.control import STATUS_TOPIC
-from pvaflow.kafka.settings import bootstrap as resolve_bootstrap
+from pvaflow.kafka.aio import AioSettings
+from pvaflow.kafka.client import Kafka
+from pvaflow.kafka.topics import ensure_topic
 from pvaflow.options import Parser, add_kafka_args, add_run_args, parse
+from pvaflow.status import STAGE_ORDER, StatusSchema, generic
 
 log = logging.getLogger(__name__)
 
@@ -40,51 +51,42 @@ STALE_AFTER = 30.0
 PROM_CONTENT_TYPE = "text/plain; version=0.0.4"
 
 
-@dataclass(frozen=True)
-class StageKind:
-    """How one kind of component maps onto frames in / out / lost. Each loss reason lists the
-    stats keys that may carry it (first present wins), so renamed keys degrade gracefully."""
-
-    frames_in: str
-    frames_out: str
-    lost: Mapping[str, tuple[str, ...]]
-    extra: tuple[str, ...] = ()
+# Optional stats key every kind may report: messages waiting in front of the component.
+LAG_KEY = "lag"
+# Position of each known kind in the view (sources first); unknown kinds sort after them.
+ORDER = {kind: i for i, kind in enumerate(STAGE_ORDER)}
 
 
-KINDS: dict[str, StageKind] = {
-    "bridge": StageKind("received", "delivered", {
-        "source_gaps": ("source_gaps", "missed"), "overruns": ("overruns",),
-        "dropped": ("dropped",), "delivery_errors": ("delivery_errors",),
-    }, ("produced", "in_flight")),
-    "consumer": StageKind("received", "processed", {
-        "dlq": ("dlq",), "sequence_gaps": ("sequence_gaps",),
-    }, ("errors", "outputs")),
-    "collector": StageKind("received", "emitted", {
-        "missed": ("missed",), "late": ("late",),
-    }, ("duplicates", "cache_depth", "last_emitted_unique_id")),
-}
-GENERIC = StageKind("received", "processed", {})
-ORDER = {"bridge": 0, "consumer": 1, "collector": 2}
+def schema_of(message: Mapping[str, Any]) -> StatusSchema:
+    """The schema a status message carries (:func:`pvaflow.status.generic` when it has none,
+    e.g. from an older component)."""
+    kind = str(message.get("kind", "?"))
+    raw = message.get("schema")
+    if isinstance(raw, Mapping):
+        try:
+            return StatusSchema.from_json({"kind": kind, **raw})
+        except (TypeError, ValueError, AttributeError):
+            log.debug("ignoring malformed schema in the status of %s", message.get("component"))
+    return generic(kind)
 
 
-def _num(stats: Mapping[str, Any], *keys: str) -> float:
-    for k in keys:
-        v = stats.get(k)
-        if isinstance(v, (int, float)) and not isinstance(v, bool):
-            return v
+def _num(stats: Mapping[str, Any], key: str) -> float:
+    v = stats.get(key)
+    if isinstance(v, (int, float)) and not isinstance(v, bool):
+        return v
     return 0
 
 
 def remember(previous: Mapping[str, Any] | None, message: Mapping[str, Any]) -> dict[str, Any]:
     """Table entry for a status message: the message plus rates against the previous one."""
     entry: dict[str, Any] = {"msg": dict(message), "rate_in": 0.0, "rate_out": 0.0}
-    kind = KINDS.get(str(message.get("kind")), GENERIC)
+    schema = schema_of(message)
     if previous:
         old = previous["msg"]
         dt = float(message.get("time", 0)) - float(old.get("time", 0))
         if dt > 0:
             new_s, old_s = message.get("stats") or {}, old.get("stats") or {}
-            for name, key in (("rate_in", kind.frames_in), ("rate_out", kind.frames_out)):
+            for name, key in (("rate_in", schema.frames_in), ("rate_out", schema.frames_out)):
                 delta = _num(new_s, key) - _num(old_s, key)
                 entry[name] = round(delta / dt, 3) if delta >= 0 else 0.0
     return entry
@@ -96,11 +98,22 @@ def component_state(msg: Mapping[str, Any], now: float, stale_after: float) -> s
     return "stale" if now - float(msg.get("time", 0)) > stale_after else "running"
 
 
+# Keys of a stage in the view; an extra stats key with one of these names is only in "extras".
+_STAGE_KEYS = frozenset({"stage", "kind", "group", "components", "running", "frames_in",
+                         "frames_out", "lost", "lost_total", "lag", "rate_in", "rate_out",
+                         "extras"})
+
+
 def pipeline_view(
     entries: Mapping[str, Mapping[str, Any]], now: float | None = None,
     stale_after: float = STALE_AFTER,
 ) -> dict[str, Any]:
-    """Per-stage totals (a stage = kind + group) from the latest entry of each component."""
+    """Per-stage totals (a stage = kind + group) from the latest entry of each component.
+
+    What counts as frames in, out and lost comes from the schema each status message carries
+    (:mod:`pvaflow.status`); ``extra`` keys are summed (``max_keys`` maxed) into the stage's
+    ``extras`` and, for the table and older readers, also as top-level keys of the stage.
+    """
     now = time.time() if now is None else now
     stages: dict[tuple[str, str], dict[str, Any]] = {}
     components = []
@@ -108,38 +121,44 @@ def pipeline_view(
         entry = entries[name]
         msg = entry["msg"]
         kind_name, group = str(msg.get("kind", "?")), str(msg.get("group", "?"))
-        kind = KINDS.get(kind_name, GENERIC)
+        schema = schema_of(msg)
         stats = msg.get("stats") or {}
         state = component_state(msg, now, stale_after)
         components.append({
             "component": name, "kind": kind_name, "group": group, "id": msg.get("id"),
             "state": state, "age": round(now - float(msg.get("time", 0)), 3),
-            "frames_in": _num(stats, kind.frames_in), "frames_out": _num(stats, kind.frames_out),
+            "frames_in": _num(stats, schema.frames_in),
+            "frames_out": _num(stats, schema.frames_out),
             "rate_out": entry.get("rate_out", 0.0), "stats": stats,
         })
         st = stages.setdefault((kind_name, group), {
             "stage": f"{kind_name}/{group}", "kind": kind_name, "group": group,
             "components": 0, "running": 0, "frames_in": 0, "frames_out": 0,
-            "lost": dict.fromkeys(kind.lost, 0), "lost_total": 0, "lag": 0,
-            "rate_in": 0.0, "rate_out": 0.0, **dict.fromkeys(kind.extra, 0),
+            "lost": {}, "lost_total": 0, "lag": 0, "rate_in": 0.0, "rate_out": 0.0,
+            "extras": {},
         })
         st["components"] += 1
         running = state == "running"
         st["running"] += running
-        st["frames_in"] += _num(stats, kind.frames_in)
-        st["frames_out"] += _num(stats, kind.frames_out)
-        for reason, keys in kind.lost.items():
-            n = _num(stats, *keys)
-            st["lost"][reason] += n
+        st["frames_in"] += _num(stats, schema.frames_in)
+        st["frames_out"] += _num(stats, schema.frames_out)
+        for reason, key in schema.lost.items():
+            n = _num(stats, key)
+            st["lost"][reason] = st["lost"].get(reason, 0) + n
             st["lost_total"] += n
-        for key in kind.extra:
-            value = _num(stats, key)
-            st[key] = max(st[key], value) if key == "last_emitted_unique_id" else st[key] + value
-        st["lag"] += _num(stats, "lag")
+        extras = st["extras"]
+        for key in schema.extra:
+            extras[key] = extras.get(key, 0) + _num(stats, key)
+        for key in schema.max_keys:
+            extras[key] = max(extras.get(key, 0), _num(stats, key))
+        st["lag"] += _num(stats, LAG_KEY)
         if running:  # a stopped component's last rate is history, not throughput
             st["rate_in"] = round(st["rate_in"] + entry.get("rate_in", 0.0), 3)
             st["rate_out"] = round(st["rate_out"] + entry.get("rate_out", 0.0), 3)
-    ordered = sorted(stages.values(), key=lambda s: (ORDER.get(s["kind"], 9), s["group"]))
+    for st in stages.values():
+        st.update({k: v for k, v in st["extras"].items() if k not in _STAGE_KEYS})
+    ordered = sorted(stages.values(),
+                     key=lambda s: (ORDER.get(s["kind"], len(ORDER)), s["kind"], s["group"]))
     return {
         "time": now, "stages": ordered, "components": components,
         "lost_total": sum(s["lost_total"] for s in ordered),
@@ -196,18 +215,26 @@ def metrics_text(view: Mapping[str, Any]) -> bytes:
 # -- the faust app --------------------------------------------------------------------------
 
 def build_app(
-    bootstrap: str, *, app_id: str = APP_ID, status_topic: str = STATUS_TOPIC,
+    kafka: AioSettings | str, *, app_id: str = APP_ID, status_topic: str = STATUS_TOPIC,
     web_host: str = "127.0.0.1", web_port: int = 6066, stale_after: float = STALE_AFTER,
     data_dir: str | None = None,
 ) -> tuple[Any, Callable[[], dict[str, Any]]]:
-    """The faust app and a function returning the current view (for other exporters)."""
+    """The faust app and a function returning the current view (for other exporters).
+
+    ``kafka`` says where and how to connect (:class:`~pvaflow.kafka.aio.AioSettings`, from the
+    same ``-b`` / ``-X`` / ``PVAFLOW_KAFKA_*`` settings every command reads), or is a plain
+    bootstrap string for a PLAINTEXT cluster.
+    """
     import faust
+
+    aio = kafka if isinstance(kafka, AioSettings) else AioSettings.from_config(
+        {"bootstrap.servers": kafka})
     # faust writes its app directory even with an in-memory store; not into the cwd, which
     # may be read-only in a pod (and is the source tree in tests).
     data_dir = data_dir or os.path.join(tempfile.gettempdir(), "pvaflow-monitor", app_id)
     os.makedirs(data_dir, exist_ok=True)
     app = faust.App(
-        app_id, broker=f"kafka://{bootstrap}", store="memory://", web_host=web_host,
+        app_id, **aio.faust_settings(), store="memory://", web_host=web_host,
         web_port=web_port, web_enabled=True, topic_replication_factor=1, topic_partitions=1,
         consumer_auto_offset_reset="earliest",
         datadir=data_dir,
@@ -262,26 +289,47 @@ def build_parser() -> Parser:
     return p
 
 
+def prepare(args: Any) -> AioSettings:
+    """Everything before the faust worker starts, with the settings every command uses: the
+    asyncio clients' settings (a setting they cannot honour is a ConfigError), the cluster's
+    reachability (KafkaUnavailable, exit 3) and the status topic."""
+    kafka = Kafka.from_args(args)
+    aio = AioSettings.from_kafka(kafka)
+    aio.log_ignored()
+    kafka.check_reachable()
+    try:
+        ensure_topic(args.status_topic, 1, admin=kafka.admin(), strict=False)
+    except KafkaException as exc:
+        raise as_pvaflow_error(exc, kafka) from None
+    log.info("monitor: Kafka %s, status topic %s", aio.describe(), args.status_topic)
+    return aio
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse(build_parser(), argv)
-    if args.kafka_overrides:
-        log.warning("-X settings do not apply to the faust (aiokafka) clients; ignored")
+    prog = "pvaflow-monitor"
+
+    def body() -> int:
+        aio = prepare(args)
+        return serve(args, aio)
+
+    return run_command(prog, body)
+
+
+def serve(args: Any, aio: AioSettings) -> int:
+    """Run the faust worker until it is stopped (SIGINT/SIGTERM, or ``--runtime``)."""
     import faust
 
-    from pvaflow.kafka.topics import ensure_topic
-
-    bootstrap = resolve_bootstrap(args.bootstrap_servers)
-    ensure_topic(args.status_topic, 1, bootstrap=bootstrap, strict=False)
-    app, view = build_app(bootstrap, app_id=args.app_id, status_topic=args.status_topic,
+    app, view = build_app(aio, app_id=args.app_id, status_topic=args.status_topic,
                           web_host=args.web_host, web_port=args.web_port,
                           stale_after=args.stale_after, data_dir=args.data_dir)
     if args.metrics_port is not None:
         from prometheus_client import REGISTRY
 
-        from pvaflow.metrics import serve
+        from pvaflow.metrics import serve as serve_metrics
 
         REGISTRY.register(ViewMetrics(view))
-        serve(args.metrics_port)
+        serve_metrics(args.metrics_port)
     if args.runtime > 0:  # the worker's own SIGTERM handling gives a clean shutdown
         timer = threading.Timer(args.runtime, os.kill, (os.getpid(), signal.SIGTERM))
         timer.daemon = True

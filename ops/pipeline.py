@@ -4,19 +4,26 @@ The file mirrors the command lines rather than inventing a second vocabulary: ev
 component maps to the option of the same name (``distributor_updates: 3`` ->
 ``--distributor-updates 3``; a list repeats the option, a mapping becomes JSON, ``true`` is a
 bare flag). So every CLI option works in the file, and the Helm chart's values use the same
-shape::
+shape. The roles are the wing nouns of the command registry (``pvaflow <noun> --help``)::
 
     bootstrap_servers: 127.0.0.1:9092        # optional; else $PVAFLOW_BOOTSTRAP
+    X: {security.protocol: SASL_SSL}         # optional: Kafka settings of every component
     monitor: {}                              # optional
     bridge:   {input_channel: [pvapy:image], topic: frames, partitions: 4}
-    stages:
+    consumers:                               # (``stages:`` is accepted too)
       - {name: rotate, input_topic: frames, processor: rotate, n_consumers: 2,
          output_topic: rotated}
-    collector: {input_topic: [rotated], output_topic: ordered, collector_cache_size: 1000}
+    collector: {input_topic: [rotated], output_topic: ordered, collector_cache_size: 1000,
+                X: [linger.ms=5]}
+
+``X`` (a mapping, or a list of ``key=value``), at the top level or in a component, becomes
+repeated ``-X key=value``; a component's own value wins. Secret values (``sasl.password``, ...)
+never appear in a log line or in ``--dry-run``.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import signal
@@ -30,26 +37,34 @@ from typing import Any
 
 import yaml
 
+from pvaflow.commands import find
+from pvaflow.component import run_command
 from pvaflow.errors import ConfigError
-from pvaflow.options import Parser, add_run_args, parse
+from pvaflow.kafka.settings import is_secret, parse_override
+from pvaflow.options import Parser, add_run_args, did_you_mean, parse
 
 log = logging.getLogger("pvaflow.run")
 
-# Start order: sinks first, so nothing is produced before its readers exist.
+# Role key in the file -> the registry command it starts. Start order: sinks first, so
+# nothing is produced before its readers exist.
 ROLES = (
-    ("monitor", "pvaflow.ops.monitor"),
-    ("collector", "pvaflow.collectors.cli"),
-    ("stages", "pvaflow.processors.cli"),
-    ("mirror", "pvaflow.bridge.mirror_cli"),
-    ("bridge", "pvaflow.bridge.cli"),
+    ("monitor", "monitor"),
+    ("collector", "collector"),
+    ("consumers", "consumer"),
+    ("mirror", "mirror"),
+    ("bridge", "bridge"),
 )
+ALIASES = {"stages": "consumers"}
+LISTS = frozenset({"consumers"})  # roles holding a list of components
+X_KEY = "X"
 _SHARED = ("bootstrap_servers", "control_topic", "status_topic")
 # Which top-level settings each role's command accepts (the monitor only reads status).
 _SHARED_BY_ROLE = {
     "monitor": ("bootstrap_servers", "status_topic"),
     "mirror": ("bootstrap_servers",),
-    "collector": _SHARED, "stages": _SHARED, "bridge": _SHARED,
+    "collector": _SHARED, "consumers": _SHARED, "bridge": _SHARED,
 }
+KNOWN_KEYS = (*(role for role, _ in ROLES), *ALIASES, *_SHARED, X_KEY)
 
 
 class PipelineError(ConfigError):
@@ -59,12 +74,26 @@ class PipelineError(ConfigError):
 @dataclass
 class Component:
     name: str
-    module: str
+    program: str  # the registry command (pvaflow.commands), e.g. "consumer"
     args: list[str]
 
     def command(self) -> list[str]:
-        boot = f"import sys; from {self.module} import main; sys.exit(main(sys.argv[1:]))"
-        return [sys.executable, "-c", boot, *self.args]
+        return [sys.executable, "-m", "pvaflow.cli", self.program, *self.args]
+
+    def shown(self) -> str:
+        """The command line for a log line or ``--dry-run``: secret values masked."""
+        return " ".join(["pvaflow", self.program, *mask(self.args)])
+
+
+def mask(args: Sequence[str]) -> list[str]:
+    """``-X sasl.password=hunter2`` -> ``-X sasl.password=***``."""
+    out = list(args)
+    for i, arg in enumerate(out[:-1]):
+        if arg == "-X":
+            key, sep, _value = out[i + 1].partition("=")
+            if sep and is_secret(key):
+                out[i + 1] = f"{key}=***"
+    return out
 
 
 def to_args(options: Mapping[str, Any]) -> list[str]:
@@ -88,32 +117,78 @@ def _text(value: Any) -> str:
     return json.dumps(value) if isinstance(value, Mapping) else str(value)
 
 
+def kafka_settings(value: Any, where: str) -> dict[str, str]:
+    """An ``X:`` value (``{key: value}`` or ``["key=value", ...]``) as a dict."""
+    if value is None:
+        return {}
+    if isinstance(value, Mapping):
+        return {str(k): _setting(v) for k, v in value.items()}
+    if isinstance(value, list):
+        out = {}
+        for item in value:
+            try:
+                key, text = parse_override(str(item))
+            except argparse.ArgumentTypeError as exc:
+                raise PipelineError(f"{where}: X: {exc}") from None
+            out[key] = text
+        return out
+    raise PipelineError(f"{where}: X: must be a mapping {{key: value}} or a list of "
+                        "\"key=value\" (librdkafka settings)")
+
+
+def _setting(value: Any) -> str:
+    if isinstance(value, bool):  # YAML true -> librdkafka's "true"
+        return "true" if value else "false"
+    return str(value)
+
+
+def x_args(settings: Mapping[str, str]) -> list[str]:
+    return [a for key, value in settings.items() for a in ("-X", f"{key}={value}")]
+
+
+def _unknown(keys: Sequence[str]) -> str:
+    return "; ".join(f"unknown key {k!r}{did_you_mean(str(k), KNOWN_KEYS)}" for k in keys)
+
+
 def components(spec: Mapping[str, Any]) -> list[Component]:
     """Command lines for every component of a parsed pipeline file, in start order."""
     if not isinstance(spec, Mapping):
-        raise PipelineError("a pipeline file must be a mapping (bridge:, stages:, collector: ...)")
-    known = {role for role, _ in ROLES} | set(_SHARED)
-    unknown = set(spec) - known
+        raise PipelineError("a pipeline file must be a mapping (bridge:, consumers:, "
+                            "collector: ...)")
+    unknown = [k for k in spec if k not in KNOWN_KEYS]
     if unknown:
-        raise PipelineError(f"unknown keys {sorted(unknown)}; known: {sorted(known)}")
+        raise PipelineError(_unknown(unknown),
+                            hint=f"known keys: {', '.join(KNOWN_KEYS)}")
+    for alias, role in ALIASES.items():
+        if alias in spec and role in spec:
+            raise PipelineError(f"{alias}: and {role}: name the same role; use {role}: only")
+    shared_x = kafka_settings(spec.get(X_KEY), "top level")
     out = []
-    for role, module in ROLES:
-        entries = spec.get(role)
+    for role, program in ROLES:
+        find(program)  # the registry knows it (a bug here, not a user mistake, otherwise)
+        key = next((k for k in (role, *[a for a, r in ALIASES.items() if r == role])
+                    if k in spec), role)
+        entries = spec.get(key)
         if entries is None:
             continue
-        if role == "stages":
+        if role in LISTS:
             if not isinstance(entries, list):
-                raise PipelineError("stages: must be a list of processor stages")
+                raise PipelineError(f"{key}: must be a list of processor stages")
         else:
             entries = [entries]
         shared = {k: spec[k] for k in _SHARED_BY_ROLE[role] if k in spec}
         for i, entry in enumerate(entries):
+            if entry is not None and not isinstance(entry, Mapping):
+                raise PipelineError(f"{key}: each component must be a mapping of its options "
+                                    f"(got {type(entry).__name__})")
             opts = dict(entry or {})
-            name = str(opts.pop("name", role if role != "stages" else f"stage{i + 1}"))
-            if role == "stages":
+            name = str(opts.pop("name", role if role not in LISTS else f"stage{i + 1}"))
+            own_x = kafka_settings(opts.pop(X_KEY, None), name)
+            if role in LISTS:
                 opts.setdefault("group", name)
             opts = {**{k: v for k, v in shared.items() if k not in opts}, **opts}
-            out.append(Component(name, module, to_args(opts)))
+            args = to_args(opts) + x_args({**shared_x, **own_x})
+            out.append(Component(name, program, args))
     if not out:
         raise PipelineError("the pipeline file names no component")
     return out
@@ -137,7 +212,7 @@ def start(parts: Sequence[Component], log_dir: Path | None = None) -> Running:
     one's output goes to ``<log_dir>/<name>.log`` instead of this terminal."""
     procs: Running = []
     for part in parts:
-        log.info("starting %s: %s %s", part.name, part.module, " ".join(part.args))
+        log.info("starting %s: %s", part.name, part.shown())
         out = None
         if log_dir is not None:
             log_dir.mkdir(parents=True, exist_ok=True)
@@ -196,22 +271,22 @@ def stop_all(procs: Running, grace: float = 20.0) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = Parser(prog="pvaflow run", description=__doc__.split("\n\n")[0])
+    parser = Parser(prog="pvaflow run", description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("file", help="pipeline YAML file")
     parser.add_argument("--dry-run", action="store_true",
-                        help="print the command lines and exit")
+                        help="print the command lines (secrets masked) and exit")
     add_run_args(parser)
     args = parse(parser, argv)
-    try:
+
+    def body() -> int:
         parts = load(args.file)
-    except PipelineError as exc:
-        print(f"pvaflow run: error: {exc}", file=sys.stderr)
-        return 2
-    if args.dry_run:
-        for part in parts:
-            print(f"{part.name}: {part.module} {' '.join(part.args)}")
-        return 0
-    return run(parts, args.runtime)
+        if args.dry_run:
+            for part in parts:
+                print(f"{part.name}: {part.shown()}")
+            return 0
+        return run(parts, args.runtime)
+
+    return run_command("pvaflow run", body)
 
 
 if __name__ == "__main__":

@@ -7,18 +7,22 @@ tail of the status topic, so the command also works on a pipeline started withou
 from __future__ import annotations
 
 import json
+import logging
 import sys
 import time
 import urllib.error
 import urllib.request
+import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from confluent_kafka import KafkaException
+from confluent_kafka import OFFSET_BEGINNING, KafkaError, KafkaException, TopicPartition
 
+from pvaflow.component import run_command
 from pvaflow.control import STATUS_TOPIC
 from pvaflow.errors import PvaflowError
-from pvaflow.kafka.topics import read_partition
+from pvaflow.kafka.client import Kafka
+from pvaflow.kafka.topics import watermarks
 from pvaflow.options import Parser, add_kafka_args, parse
 
 from .monitor import STALE_AFTER, latest_from_messages, pipeline_view
@@ -28,26 +32,74 @@ TAIL = 20_000  # status records read from the topic without a monitor (several p
 
 
 class StatusUnavailable(PvaflowError):
-    pass
+    """Neither the monitor nor the status topic gave a view."""
+
+
+def _reason(exc: KafkaException) -> str:
+    err = exc.args[0] if exc.args else exc
+    return err.str() if isinstance(err, KafkaError) else str(err)
 
 
 def read_status_topic(
     topic: str = STATUS_TOPIC, bootstrap: str | None = None, overrides: Any = None,
-    tail: int = TAIL, timeout: float = 15.0,
+    tail: int = TAIL, timeout: float = 15.0, *, kafka: Kafka | None = None,
 ) -> list[dict[str, Any]]:
-    """The last ``tail`` JSON messages of the status topic, in order."""
+    """The last ``tail`` JSON messages of the status topic, in order.
+
+    An unreachable cluster is :class:`~pvaflow.errors.KafkaUnavailable` (exit 3), a missing
+    topic or a read error :class:`StatusUnavailable`; both say which topic could not be read.
+    """
+    kafka = kafka if kafka is not None else Kafka(bootstrap, overrides)
+    what = f"the status topic {topic} could not be read"
     try:
-        records, _complete = read_partition(topic, bootstrap, overrides, tail=tail,
-                                            timeout=timeout)
+        kafka.check_reachable()
+        if topic not in kafka.admin().list_topics(timeout=timeout).topics:
+            raise StatusUnavailable(f"{what}: it does not exist (has any component run "
+                                    "with this --status-topic?)")
+        records = _tail(kafka, topic, tail, timeout)
+    except PvaflowError as exc:
+        if not exc.message.startswith(what):
+            exc.message = f"{what}: {exc.message}"
+        raise
     except KafkaException as exc:
-        raise StatusUnavailable(f"cannot read {topic}: {exc}") from exc
+        raise StatusUnavailable(f"{what}: {_reason(exc)}") from None
     out: list[dict[str, Any]] = []
-    for _key, value in records:
+    for value in records:
         try:
-            out.append(json.loads(value or b""))
+            message = json.loads(value or b"")
         except ValueError:
             continue
+        if isinstance(message, dict):
+            out.append(message)
     return out
+
+
+def _tail(kafka: Kafka, topic: str, tail: int, timeout: float) -> list[bytes | None]:
+    """Values of the last ``tail`` records of partition 0, up to its end."""
+    consumer = kafka.consumer(f"pvaflow-status-{uuid.uuid4().hex[:8]}",
+                              enable_partition_eof=True)
+    try:
+        low, high = watermarks(consumer, topic, timeout)
+        if high <= low:
+            return []
+        consumer.assign([TopicPartition(topic, 0, max(low, high - tail)
+                                        if tail else OFFSET_BEGINNING)])
+        values: list[bytes | None] = []
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            msg = consumer.poll(0.5)
+            if msg is None:
+                continue
+            err = msg.error()
+            if err is not None:
+                if err.code() == KafkaError._PARTITION_EOF:
+                    return values
+                raise KafkaException(err)
+            values.append(msg.value())
+        raise StatusUnavailable(f"the status topic {topic} could not be read to its end "
+                                f"within {timeout:g} s")
+    finally:
+        consumer.close()
 
 
 def fetch_monitor(url: str, timeout: float = 5.0) -> dict[str, Any]:
@@ -56,21 +108,36 @@ def fetch_monitor(url: str, timeout: float = 5.0) -> dict[str, Any]:
             view: dict[str, Any] = json.load(resp)
             return view
     except (OSError, ValueError, urllib.error.URLError) as exc:
-        raise StatusUnavailable(f"monitor {url} did not answer: {exc}") from exc
+        why = getattr(exc, "reason", None) or exc
+        if isinstance(why, OSError) and why.strerror:
+            why = why.strerror
+        raise StatusUnavailable(f"the monitor at {url} did not answer ({why})") from None
 
 
-def get_view(args: Any) -> tuple[dict[str, Any], str]:
-    """The view and where it came from (``--monitor`` first unless ``--from-topic``)."""
-    errors = []
+def get_view(args: Any, kafka: Kafka | None = None) -> tuple[dict[str, Any], str]:
+    """The view and where it came from (``--monitor`` first unless ``--from-topic``).
+
+    When neither answers, the error says both why the monitor did not answer and why the
+    topic could not be read (with the topic's exit code: 3 when Kafka is unreachable).
+    """
+    monitor_error: StatusUnavailable | None = None
     if not args.from_topic:
         try:
             return fetch_monitor(args.monitor), f"monitor {args.monitor}"
         except StatusUnavailable as exc:
-            errors.append(str(exc))
-    messages = read_status_topic(args.status_topic, args.bootstrap_servers, args.kafka_overrides)
+            monitor_error = exc
+    try:
+        messages = read_status_topic(args.status_topic,
+                                     kafka=kafka if kafka is not None else Kafka.from_args(args))
+    except PvaflowError as exc:
+        if monitor_error is not None:
+            exc.message = f"{monitor_error.message}, and {exc.message}"
+        raise
     entries = latest_from_messages(messages)
-    return pipeline_view(entries, stale_after=args.stale_after), f"topic {args.status_topic}" + (
-        f" ({errors[0]})" if errors else "")
+    source = f"topic {args.status_topic}"
+    if monitor_error is not None:
+        source += f" ({monitor_error.message})"
+    return pipeline_view(entries, stale_after=args.stale_after), source
 
 
 def _n(v: Any) -> str:
@@ -81,14 +148,15 @@ def _n(v: Any) -> str:
 
 def render(view: Mapping[str, Any], components: bool = False) -> str:
     rows = [["STAGE", "UP", "IN", "OUT", "LOST", "LOST BY REASON", "LAG", "OUT/S"]]
+    rows[0].append("OTHER")
     for s in view["stages"]:
         reasons = " ".join(f"{k}={_n(v)}" for k, v in s["lost"].items() if v) or "-"
-        extra = ""
-        if s["kind"] == "collector":
-            extra = f" dup={_n(s.get('duplicates', 0))} cache={_n(s.get('cache_depth', 0))}"
+        # the stage's other counters, as its schema names them (nonzero ones only)
+        other = " ".join(f"{k}={_n(v)}" for k, v in (s.get("extras") or {}).items()
+                         if v and isinstance(v, (int, float)))
         rows.append([s["stage"], f"{s['running']}/{s['components']}", _n(s["frames_in"]),
-                     _n(s["frames_out"]), _n(s["lost_total"]), reasons + extra, _n(s["lag"]),
-                     _n(s["rate_out"])])
+                     _n(s["frames_out"]), _n(s["lost_total"]), reasons, _n(s["lag"]),
+                     _n(s["rate_out"]), other])
     lines = _columns(rows)
     lines.append(f"lost in the pipeline: {_n(view.get('lost_total', 0))}")
     if components:
@@ -121,24 +189,33 @@ def build_parser() -> Parser:
     return p
 
 
+def quiet_kafka_warnings() -> None:
+    """A one-shot command reports a Kafka problem in its one error line (which carries the
+    cause); the client layer's warnings would only repeat it above that line."""
+    logging.getLogger("pvaflow.kafka").setLevel(logging.ERROR)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse(build_parser(), argv)
+    quiet_kafka_warnings()
+    return run_command("pvaflow status", lambda: show(args))
+
+
+def show(args: Any) -> int:
+    kafka = Kafka.from_args(args)
     try:
         while True:
-            try:
-                view, source = get_view(args)
-            except StatusUnavailable as exc:
-                print(f"pvaflow status: {exc}", file=sys.stderr)
-                return 1
+            view, source = get_view(args, kafka)
             text = json.dumps(view, indent=2) if args.json else render(view, args.components)
             if args.watch:
                 sys.stdout.write("\x1b[H\x1b[2J")
-                text += f"\n\n{time.strftime('%H:%M:%S')} from {source}; every {args.watch:g} s"
+                text += (f"\n\n{time.strftime('%H:%M:%S')} from {source}; "
+                         f"every {args.watch:g} s")
             print(text, flush=True)
             if not args.watch:
                 return 0
             time.sleep(args.watch)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # how --watch ends
         return 0
 
 

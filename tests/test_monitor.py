@@ -7,6 +7,7 @@ import json
 import socket
 import subprocess
 import sys
+import time
 import urllib.request
 import uuid
 from pathlib import Path
@@ -15,37 +16,69 @@ import pytest
 from pvaflow.ops.monitor import latest_from_messages, metrics_text, pipeline_view
 from pvaflow.ops.status_cli import read_status_topic
 
+from pvaflow.status import StatusSchema
 from tests.collectors.helpers import PLUGIN, ctl, procs, produce_frames, wait_for  # noqa: F401
 
+# What the wings declare next to their stats (the monitor itself knows none of these keys).
+SCHEMAS = {
+    "bridge": StatusSchema("bridge", "received", "delivered", {
+        "source_gaps": "missed", "overruns": "overruns", "dropped": "dropped",
+        "delivery_errors": "delivery_errors"}, extra=("produced", "in_flight")),
+    "consumer": StatusSchema("consumer", "received", "processed", {
+        "dlq": "dlq", "sequence_gaps": "sequence_gaps"}, extra=("errors", "outputs")),
+    "collector": StatusSchema("collector", "received", "emitted", {
+        "missed": "missed", "late": "late"}, extra=("duplicates", "cache_depth"),
+        max_keys=("last_emitted_unique_id",)),
+}
 
-def status(kind, group, cid, t, final=False, **stats):
-    return {"v": 1, "type": "status", "component": f"{kind}/{group}/{cid}", "kind": kind,
-            "group": group, "id": cid, "time": t, "stats": stats, "final": final}
+
+def status(kind, group, cid, t, final=False, schema=True, **stats):
+    msg = {"v": 1, "type": "status", "component": f"{kind}/{group}/{cid}", "kind": kind,
+           "group": group, "id": cid, "time": t, "stats": stats, "final": final}
+    if schema and kind in SCHEMAS:
+        msg["schema"] = SCHEMAS[kind].to_json()
+    return msg
 
 
 def test_view_sums_stages_and_losses_and_rates():
     msgs = [
+        status("mirror", "m", "1", 0, received=7, processed=7),  # no schema: generic
         status("bridge", "bridge", "1", 0, received=100, delivered=98, missed=3, dropped=2),
         status("consumer", "g", "1", 0, received=40, processed=40, dlq=1, lag=5),
         status("consumer", "g", "1", 10, received=60, processed=59, dlq=1, lag=5),
         status("consumer", "g", "2", 10, final=True, received=38, processed=38, sequence_gaps=2),
         status("collector", "c", "1", 10, received=97, emitted=90, missed=4, late=1,
-               duplicates=3),
+               duplicates=3, last_emitted_unique_id=90),
+        status("collector", "c", "2", 10, received=0, emitted=0, last_emitted_unique_id=12),
     ]
     view = pipeline_view(latest_from_messages(msgs), now=12)
     stages = {s["stage"]: s for s in view["stages"]}
-    assert [s["kind"] for s in view["stages"]] == ["bridge", "consumer", "collector"]
+    assert [s["kind"] for s in view["stages"]] == ["bridge", "consumer", "collector", "mirror"]
     assert stages["bridge/bridge"]["lost"] == {
         "source_gaps": 3, "overruns": 0, "dropped": 2, "delivery_errors": 0}
+    assert stages["bridge/bridge"]["extras"] == {"produced": 0, "in_flight": 0}
+    assert (stages["mirror/m"]["frames_out"], stages["mirror/m"]["lost"]) == (7, {})
     g = stages["consumer/g"]
     assert (g["frames_in"], g["frames_out"], g["lost_total"], g["lag"]) == (98, 97, 3, 5)
     assert (g["running"], g["components"], g["rate_out"]) == (1, 2, 1.9)
     c = stages["collector/c"]
     assert (c["frames_out"], c["lost"], c["duplicates"]) == (90, {"missed": 4, "late": 1}, 3)
+    assert c["extras"] == {"duplicates": 3, "cache_depth": 0, "last_emitted_unique_id": 90}
     assert view["lost_total"] == 5 + 3 + 5
     text = metrics_text(view).decode()
     assert 'pvaflow_stage_frames_lost_total{group="c",kind="collector",reason="missed",' \
            'stage="collector/c"} 4.0' in text
+
+
+def test_the_schema_decides_what_counts_and_a_renamed_key_follows_it():
+    renamed = StatusSchema("consumer", "got", "done", {"dead_letters": "dlq_count"})
+    msgs = [dict(status("consumer", "g", "1", 0, got=1, done=1, dlq_count=0),
+                 schema=renamed.to_json()),
+            dict(status("consumer", "g", "1", 2, got=9, done=7, dlq_count=2),
+                 schema=renamed.to_json())]
+    (stage,) = pipeline_view(latest_from_messages(msgs), now=3)["stages"]
+    assert (stage["frames_in"], stage["frames_out"]) == (9, 7)
+    assert (stage["lost"], stage["lost_total"], stage["rate_in"]) == ({"dead_letters": 2}, 2, 4.0)
 
 
 def _free_port() -> int:
@@ -119,3 +152,42 @@ def test_status_totals_match_final_stats_and_survive_monitor_restart(
     for stage, (n_in, n_out, lost) in expected.items():
         row = next(line.split() for line in table.splitlines() if line.startswith(stage + " "))
         assert row[2:5] == [f"{n_in:,}", f"{n_out:,}", str(lost)], table
+
+
+@pytest.mark.integration
+def test_monitor_with_x_settings_serves_schema_driven_stages(
+        kafka_bootstrap, procs, ctl):  # noqa: F811 (fixtures)
+    """No wing needed: status messages (with their schema) produced straight to the status
+    topic, a monitor started with -X settings (which now reach its clients) shows them."""
+    from pvaflow.kafka.client import Kafka
+
+    status_topic, port, app_id = ctl[3], _free_port(), f"mon-{uuid.uuid4().hex[:8]}"
+    url = f"http://127.0.0.1:{port}"
+    mon = procs("monitor", "pvaflow-monitor", "-b", kafka_bootstrap, "--status-topic",
+                status_topic, "--app-id", app_id, "--web-port", str(port),
+                "-X", "security.protocol=PLAINTEXT", "-X", "client.id=mon-test",
+                "-X", "linger.ms=1")
+    wait_for(lambda: _get(url + "/status") is not None or mon.proc.poll() is not None, 120,
+             "the monitor's web server")
+    assert mon.proc.poll() is None, mon.text()
+    producer = Kafka(kafka_bootstrap).producer()
+    for t, stats in ((time.time() - 2, {"received": 4, "emitted": 3, "missed": 1, "late": 0,
+                                        "duplicates": 0, "cache_depth": 1,
+                                        "last_emitted_unique_id": 3}),
+                     (time.time(), {"received": 10, "emitted": 9, "missed": 1, "late": 0,
+                                    "duplicates": 2, "cache_depth": 0,
+                                    "last_emitted_unique_id": 9})):
+        msg = status("collector", "c", "1", t, **stats)
+        producer.produce(status_topic, key=b"collector/c/1", value=json.dumps(msg).encode())
+    producer.flush(30)
+
+    def stage() -> dict | None:
+        view = _get(url + "/status") or {"stages": []}
+        return next((s for s in view["stages"] if s["frames_out"] == 9), None)
+
+    s = wait_for(stage, 120, "the collector stage in the monitor")
+    assert (s["stage"], s["frames_in"], s["lost"]) == ("collector/c", 10, {"missed": 1,
+                                                                          "late": 0})
+    assert s["extras"]["last_emitted_unique_id"] == 9 and s["duplicates"] == 2
+    assert "-X settings do not apply" not in mon.text()
+    assert mon.stop() == 0, mon.text()

@@ -4,14 +4,17 @@ member's plugin, stop ends one cleanly, silent and unknown targets are reported.
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
+import time
 
 import pytest
 from pvaflow.ops import control_cli
 from pvaflow.ops.monitor import latest_from_messages, pipeline_view
 from pvaflow.ops.status_cli import render
 
+from pvaflow.status import StatusSchema
 from tests.collectors.helpers import (  # noqa: F401 (fixtures)
     PLUGIN,
     ctl,
@@ -21,13 +24,48 @@ from tests.collectors.helpers import (  # noqa: F401 (fixtures)
     wait_for,
 )
 
+SCHEMA = StatusSchema("consumer", "received", "processed", {"dlq": "dlq"},
+                      extra=("errors", "outputs"))
+
 
 def test_render_prints_one_row_per_stage_with_losses():
     msg = {"type": "status", "component": "consumer/g/1", "kind": "consumer", "group": "g",
-           "id": "1", "time": 0, "stats": {"received": 5, "processed": 4, "dlq": 1}}
+           "id": "1", "time": 0, "stats": {"received": 5, "processed": 4, "dlq": 1,
+                                           "errors": 2, "outputs": 0},
+           "schema": SCHEMA.to_json()}
     text = render(pipeline_view(latest_from_messages([msg]), now=1), components=True)
     assert "consumer/g  0/1" not in text and "consumer/g" in text and "dlq=1" in text
     assert "lost in the pipeline: 1" in text and "consumer/g/1" in text
+    header, row = text.splitlines()[:2]
+    assert header.split()[-1] == "OTHER" and row.split()[-1] == "errors=2"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.mark.parametrize("argv", [
+    ["status"],
+    ["status", "--from-topic"],
+    ["control", "all", "get_stats"],
+    ["control", "all", "get_stats", "--from-topic"],
+])
+def test_unreachable_broker_is_one_line_naming_the_bootstrap(argv):
+    bootstrap, monitor = f"127.0.0.1:{_free_port()}", f"http://127.0.0.1:{_free_port()}"
+    started = time.monotonic()
+    r = subprocess.run([sys.executable, "-m", "pvaflow.cli", *argv, "-b", bootstrap,
+                        "--monitor", monitor], capture_output=True, text=True, timeout=60)
+    elapsed = time.monotonic() - started
+    assert r.returncode == 3, r.stderr
+    naming = [line for line in r.stderr.splitlines() if line.strip()]
+    assert len(naming) == 1 and "error:" in naming[0] and bootstrap in naming[0], r.stderr
+    assert "Traceback" not in r.stderr and "KafkaError{" not in r.stderr
+    assert "status topic pvaflow.status could not be read" in naming[0]
+    if "--from-topic" not in argv:  # the monitor's own error is kept, not dropped
+        assert f"the monitor at {monitor} did not answer" in naming[0]
+    assert elapsed < 15
 
 
 def test_unknown_command_and_bad_args_are_refused_before_sending(capsys):
@@ -79,3 +117,26 @@ def test_control_configures_every_member_stops_one_and_names_the_silent(
     assert "no reply within 3 s from: consumer/cg/2" in r.stderr
     r = cli(kafka_bootstrap, ctl, "control", "nosuch", "get_stats")
     assert r.returncode == 2 and "unknown target 'nosuch'" in r.stderr
+
+
+@pytest.mark.integration
+def test_status_from_topic_uses_the_schema_and_names_a_missing_topic(
+        kafka_bootstrap, ctl):  # noqa: F811 (fixture)
+    from pvaflow.kafka.client import Kafka
+
+    status_topic = ctl[3]
+    r = cli(kafka_bootstrap, ctl[2:], "status")
+    assert r.returncode == 1 and f"status topic {status_topic}" in r.stderr
+    assert "does not exist" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    producer = Kafka(kafka_bootstrap).producer()
+    msg = {"v": 1, "type": "status", "component": "consumer/sg/1", "kind": "consumer",
+           "group": "sg", "id": "1", "time": time.time(), "final": False,
+           "stats": {"received": 12, "processed": 11, "dlq": 1, "errors": 3, "outputs": 11},
+           "schema": SCHEMA.to_json()}
+    producer.produce(status_topic, key=b"consumer/sg/1", value=json.dumps(msg).encode())
+    assert producer.flush(30) == 0
+    r = cli(kafka_bootstrap, ctl[2:], "status", "--json")
+    assert r.returncode == 0, r.stderr
+    (stage,) = json.loads(r.stdout)["stages"]
+    assert (stage["frames_in"], stage["frames_out"], stage["lost"]) == (12, 11, {"dlq": 1})
+    assert stage["extras"] == {"errors": 3, "outputs": 11}

@@ -46,7 +46,7 @@ log = logging.getLogger(__name__)
 _librdkafka_log = logging.getLogger("pvaflow.kafka.librdkafka")
 
 # How long a component waits for the cluster at start before it gives up (one line, exit 3).
-CONNECT_TIMEOUT = 10.0
+CONNECT_TIMEOUT = 6.0
 # How long a running component tolerates a cluster with no reachable broker (--kafka-timeout).
 LOST_TIMEOUT = 120.0
 # Seconds between probes while every broker is down.
