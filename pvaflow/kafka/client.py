@@ -108,7 +108,8 @@ class Health:
                     self.down_since = self._clock()
                     self._next_probe = self._clock() + PROBE_INTERVAL
         now = self._clock()
-        if not self.quiet and now - self._logged.get(code, -1e9) > 60.0:  # the same cause once a minute at most
+        # the same cause once a minute at most
+        if not self.quiet and now - self._logged.get(code, -1e9) > 60.0:
             self._logged[code] = now
             level = logging.DEBUG if code == KafkaError._TRANSPORT else logging.WARNING
             log.log(level, "Kafka: %s", err.str())
