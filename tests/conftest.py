@@ -16,6 +16,10 @@ Fixtures (see each docstring):
   replication fault tests; one per test module, started on first use, runs beside the shared
   broker on other free ports; tests may stop/kill/restart members (restarted before the next
   test) and it is stopped, checked by pid, when the module ends
+* ``secure_broker`` -> a started ``LocalBroker(security="sasl_ssl")``: its client port is a
+  SASL_SSL listener (SCRAM-SHA-512, a CA made for its data dir); ``client_settings()`` and
+  ``security_files`` give what clients need. One per test module, started on first use beside
+  the shared broker, stopped (checked by pid) when the module ends
 * ``kafka_admin`` -> ``AdminClient`` on ``kafka_bootstrap``
 * ``make_topic`` -> factory ``(partitions=1, *, suffix="", name=None, config=None) -> str``
 * ``topic`` -> one fresh single-partition topic name
@@ -51,7 +55,7 @@ REPO = Path(__file__).resolve().parent.parent
 # Fixtures whose users need real servers; such tests get the ``integration`` marker.
 INTEGRATION_FIXTURES = frozenset({
     "kafka_bootstrap", "broker", "private_broker", "exclusive_kafka", "kafka_admin",
-    "make_topic", "topic", "sim_server", "kafka_cluster",
+    "make_topic", "topic", "sim_server", "kafka_cluster", "secure_broker",
 })
 
 
@@ -235,6 +239,63 @@ def kafka_cluster(_cluster_holder: _ClusterHolder) -> LocalCluster:
     the tests of one module; ``bootstrap`` lists all members, ``brokers[i]`` is node ``i + 1``.
     """
     return _cluster_holder.ensure()
+
+
+class _SecureHolder:
+    """Lazily started module broker with a SASL_SSL listener (one JVM, beside the shared
+    broker, on other free ports)."""
+
+    def __init__(self, data_dir: Path, session: _SessionBroker) -> None:
+        self._data_dir = data_dir
+        self._session = session
+        self.broker: LocalBroker | None = None
+        self.pids: set[int] = set()
+
+    def ensure(self) -> LocalBroker:
+        if self.broker is None:
+            b = self._session.broker
+            taken = [] if b is None else [b.port, b.controller_port]
+            port = free_port(exclude=taken)
+            controller = free_port(exclude=[*taken, port])
+            self.broker = LocalBroker(
+                self._data_dir, port, controller_port=controller,
+                internal_port=free_port(exclude=[*taken, port, controller]),
+                security="sasl_ssl", die_with_parent=True)
+        if not self.broker.is_running():
+            self.broker.start()
+        if self.broker.pid is not None:
+            self.pids.add(self.broker.pid)
+        return self.broker
+
+    def close(self) -> None:
+        if self.broker is None:
+            return
+        self.broker.stop()
+        for pid in self.pids:
+            if pid_alive(pid):
+                signal_process(pid, signal.SIGKILL)
+        shutil.rmtree(self.broker.kraft_dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def _secure_holder(
+    _session_broker: _SessionBroker, tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[_SecureHolder]:
+    holder = _SecureHolder(tmp_path_factory.mktemp("kafka-secure"), _session_broker)
+    try:
+        yield holder
+    finally:
+        holder.close()
+
+
+@pytest.fixture
+def secure_broker(_secure_holder: _SecureHolder) -> LocalBroker:
+    """A running ``LocalBroker(security="sasl_ssl")`` shared by the tests of one module (see
+    pvaflow.ops.broker.security): ``bootstrap`` is its SASL_SSL listener,
+    ``client_settings()`` the librdkafka settings of a client (password included: never log
+    them), ``security_files`` its CA, password file, ``client.properties`` and ``client.env``.
+    """
+    return _secure_holder.ensure()
 
 
 @pytest.fixture

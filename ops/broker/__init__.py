@@ -14,16 +14,21 @@ Python use::
     with LocalCluster(brokers=3) as cluster:   # 3 replicating nodes, for fault tests
         cluster.kill(0); cluster.start(0)      # crash and restart one member
 
+    with LocalBroker(security="sasl_ssl") as broker:   # SASL_SSL + SCRAM-SHA-512 listener
+        Producer(broker.client_settings())     # bootstrap, protocol, user, password, CA
+
 Command line (``pvaflow-broker`` / ``python -m pvaflow.ops.broker`` / ``scripts/kafka-local``)::
 
     pvaflow-broker fetch                   # resolve the jars, print where they are
     pvaflow-broker run [--port 9092]       # foreground until Ctrl-C
     pvaflow-broker run --brokers 3         # a local 3-node cluster (see ``cluster``)
     pvaflow-broker start / stop / status   # background broker tracked by a state file
+    pvaflow-broker run --security sasl_ssl # SASL_SSL (SCRAM-SHA-512) listener, see ``security``
 
 The package is split by job: ``maven`` (jar resolution and cache), ``procs`` (process and
 socket helpers), ``lifecycle`` (``LocalBroker``), ``cluster`` (``LocalCluster``), ``daemon``
-(the state file of a background broker) and ``cli`` (``pvaflow-broker``). This module
+(the state file of a background broker), ``security`` (the TLS material, SCRAM user and
+client settings of a secured listener) and ``cli`` (``pvaflow-broker``). This module
 re-exports what callers use.
 
 Environment: ``KAFKA_VERSION`` (default 4.1.1; 3.x works too), ``PVAFLOW_CACHE`` (cache root,
@@ -48,13 +53,16 @@ from .maven import (
     kafka_libs_dir,
     maven_artifacts,
 )
+from .security import SECURITY_MODES, SecurityFiles
 
 __all__ = [
     "DEFAULT_KAFKA_VERSION",
     "MAX_MESSAGE_BYTES",
+    "SECURITY_MODES",
     "BrokerError",
     "LocalBroker",
     "LocalCluster",
+    "SecurityFiles",
     "default_cache_root",
     "default_kafka_version",
     "external_or_local",

@@ -26,6 +26,7 @@ from .maven import (
     fetch_kafka,
 )
 from .procs import pid_alive, stop_pids
+from .security import PLAINTEXT, SASL_SSL, SECURITY_MODES, SecurityFiles, describe_clients
 
 
 def _positive(text: str) -> float:
@@ -78,6 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
             "  pvaflow-broker run                 # foreground on 127.0.0.1:9092, Ctrl-C stops\n"
             "  pvaflow-broker start --port 0      # background on a free port\n"
             "  pvaflow-broker run --brokers 3     # 3-node cluster on 9092-9094 (fault tests)\n"
+            "  pvaflow-broker start --security sasl_ssl  # SASL_SSL listener (SCRAM-SHA-512)\n"
+            "  set -a; . <data-dir>/security/client.env  # its client settings, for every command\n"
             "  export PVAFLOW_BOOTSTRAP=$(pvaflow-broker status --bootstrap)\n"
             "  pvaflow-broker stop"
         ),
@@ -98,6 +101,13 @@ def build_parser() -> argparse.ArgumentParser:
                            help="number of brokers: N > 1 runs a local N-node KRaft cluster "
                                 "(replication factor 3, min ISR 2) for fault tests; stop and "
                                 "status use it only to find the default data dir")
+            p.add_argument("--security", choices=SECURITY_MODES, default=PLAINTEXT,
+                           help="plaintext (default) or sasl_ssl: the client port becomes a "
+                                "SASL_SSL listener (SCRAM-SHA-512, TLS with a CA made for the "
+                                "data dir); the client settings, CA and password file are "
+                                "written to <data-dir>/security/ (the password is never "
+                                "printed); stop and status use it only to find the default "
+                                "data dir")
         if ports:
             p.add_argument("--port", type=_port, default=9092,
                            help="client port on 127.0.0.1 (default 9092; 0 = any free port); "
@@ -129,16 +139,18 @@ def _data_dir(args: argparse.Namespace) -> Path:
         return Path(args.data_dir).resolve()
     root = args.cache_dir if args.cache_dir is not None else default_cache_root()
     version = args.kafka_version or default_kafka_version()
+    # A secured broker gets its own default directory: its storage holds the SCRAM user.
+    suffix = f"-{SASL_SSL}" if args.security == SASL_SSL else ""
     if args.brokers > 1:
-        return root / f"cluster{args.brokers}-{version}"
-    return root / f"broker-{version}"
+        return root / f"cluster{args.brokers}-{version}{suffix}"
+    return root / f"broker-{version}{suffix}"
 
 
 def _make_broker(args: argparse.Namespace, data_dir: Path) -> LocalBroker:
     return LocalBroker(
         data_dir, args.port or None, controller_port=args.controller_port or None,
         kafka_version=args.kafka_version, cache_root=args.cache_dir,
-        start_timeout=args.timeout,
+        start_timeout=args.timeout, security=args.security,
     )
 
 
@@ -149,8 +161,18 @@ def _make_cluster(args: argparse.Namespace, data_dir: Path) -> LocalCluster:
     return LocalCluster(
         data_dir, args.brokers, ports=ports(args.port),
         controller_ports=ports(args.controller_port), kafka_version=args.kafka_version,
-        cache_root=args.cache_dir, start_timeout=args.timeout,
+        cache_root=args.cache_dir, start_timeout=args.timeout, security=args.security,
     )
+
+
+def _announce(line: str, files: SecurityFiles | None, bootstrap: str) -> None:
+    """The ``key=value`` line scripts parse (stdout) and, when secured, where the client
+    files are plus the client settings with the password masked (stderr)."""
+    if files is not None:
+        line += f" security={SASL_SSL} client_config={files.client_properties_path}"
+    print(line, flush=True)
+    if files is not None:
+        print(describe_clients(files, bootstrap), file=sys.stderr, flush=True)
 
 
 def _cmd_run_cluster(args: argparse.Namespace, data_dir: Path) -> int:
@@ -165,8 +187,9 @@ def _cmd_run_cluster(args: argparse.Namespace, data_dir: Path) -> int:
         cluster.start()
         pids = [p for p in cluster.pids if p is not None]
         write_cluster_state(cluster, pids)
-        print(f"bootstrap={cluster.bootstrap} pids={','.join(map(str, pids))} "
-              f"log={cluster.brokers[0].log_path}", flush=True)
+        _announce(f"bootstrap={cluster.bootstrap} pids={','.join(map(str, pids))} "
+                  f"log={cluster.brokers[0].log_path}", cluster.security_files,
+                  cluster.bootstrap)
         print(f"{args.brokers} brokers started in {cluster.last_start_seconds:.1f} s; "
               "Ctrl-C stops", file=sys.stderr)
         # A member that dies (or is killed for a fault test) is reported, not fatal: the
@@ -207,7 +230,8 @@ def _cmd_run(args: argparse.Namespace, data_dir: Path) -> int:
         broker.start()
         assert broker.pid is not None
         write_state(broker, broker.pid)
-        print(f"bootstrap={broker.bootstrap} pid={broker.pid} log={broker.log_path}", flush=True)
+        _announce(f"bootstrap={broker.bootstrap} pid={broker.pid} log={broker.log_path}",
+                  broker.security_files, broker.bootstrap)
         print(f"started in {broker.last_start_seconds:.1f} s; Ctrl-C stops", file=sys.stderr)
         while not stop.wait(0.5):
             if not broker.is_running():
@@ -232,14 +256,16 @@ def _cmd_start(args: argparse.Namespace, data_dir: Path) -> int:
         cluster.start()
         pids = cluster.detach()
         write_cluster_state(cluster, pids)
-        print(f"bootstrap={cluster.bootstrap} pids={','.join(map(str, pids))} "
-              f"log={cluster.brokers[0].log_path}", flush=True)
+        _announce(f"bootstrap={cluster.bootstrap} pids={','.join(map(str, pids))} "
+                  f"log={cluster.brokers[0].log_path}", cluster.security_files,
+                  cluster.bootstrap)
         return 0
     broker = _make_broker(args, data_dir)
     broker.start()
     pid = broker.detach()
     write_state(broker, pid)
-    print(f"bootstrap={broker.bootstrap} pid={pid} log={broker.log_path}", flush=True)
+    _announce(f"bootstrap={broker.bootstrap} pid={pid} log={broker.log_path}",
+              broker.security_files, broker.bootstrap)
     return 0
 
 

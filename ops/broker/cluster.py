@@ -38,7 +38,11 @@ Python use::
         cluster.kill(0)                          # SIGKILL node 1 (index 0)
         cluster.start(0)                         # back on the same data dir and ports
 
-Command line: ``pvaflow-broker run --brokers 3``.
+With ``security="sasl_ssl"`` every member's client port is a SASL_SSL listener (see
+``LocalBroker``); the members share one CA, broker certificate and SCRAM user, kept in
+``<data_dir>/security/``, and replicate over PLAINTEXT listeners on 127.0.0.1.
+
+Command line: ``pvaflow-broker run --brokers 3 [--security sasl_ssl]``.
 """
 
 from __future__ import annotations
@@ -57,6 +61,7 @@ from pvaflow.process import free_port
 from .errors import BrokerError
 from .lifecycle import LocalBroker, new_cluster_id
 from .procs import HOST
+from .security import SASL_SSL, SecurityFiles, check_security
 
 CLUSTER_JVM_OPTS = ("-XX:ActiveProcessorCount=1",)
 
@@ -91,6 +96,9 @@ class ClusterMember(LocalBroker):
 
     def _format_cluster_id(self) -> str:
         return self._cluster_id_source()
+
+    def _write_client_files(self) -> None:
+        """The cluster writes them, listing every member."""
 
     def __repr__(self) -> str:
         state = f"pid={self.pid}" if self.is_running() else "stopped"
@@ -142,6 +150,7 @@ class LocalCluster:
         jvm_opts: Sequence[str] = CLUSTER_JVM_OPTS,
         properties: Mapping[str, object] | None = None,
         die_with_parent: bool = False,
+        security: str = "plaintext",
     ) -> None:
         if brokers < 1:
             raise BrokerError(f"a cluster needs at least one broker, not {brokers}")
@@ -166,6 +175,8 @@ class LocalCluster:
 
         client = [pick(ports, i) for i in range(brokers)]
         controller = [pick(controller_ports, i) for i in range(brokers)]
+        secured = check_security(security) == SASL_SSL
+        internal = [pick(None, i) if secured else None for i in range(brokers)]
         voters = ",".join(f"{i + 1}@{HOST}:{p}" for i, p in enumerate(controller))
         self._cluster_id: str | None = None
         self.brokers: list[ClusterMember] = [
@@ -177,6 +188,8 @@ class LocalCluster:
                 cache_root=cache_root, start_timeout=start_timeout, stop_timeout=stop_timeout,
                 heap_max=heap_max, heap_min=heap_min, jvm_opts=jvm_opts,
                 properties=properties, die_with_parent=die_with_parent,
+                security=security, internal_port=internal[i],
+                security_dir=self.data_dir / "security",
             )
             for i in range(brokers)
         ]
@@ -189,6 +202,19 @@ class LocalCluster:
     def bootstrap(self) -> str:
         """Every member's ``127.0.0.1:<port>``, comma separated, for ``bootstrap.servers``."""
         return ",".join(b.bootstrap for b in self.brokers)
+
+    @property
+    def security(self) -> str:
+        return self.brokers[0].security
+
+    @property
+    def security_files(self) -> SecurityFiles | None:
+        return self.brokers[0].security_files
+
+    def client_settings(self) -> dict[str, str]:
+        """The librdkafka settings of a client of the whole cluster (see
+        ``LocalBroker.client_settings``); holds the password when secured."""
+        return self.brokers[0].client_settings(self.bootstrap)
 
     @property
     def node_ids(self) -> list[int]:
@@ -240,6 +266,8 @@ class LocalCluster:
                 if not b.is_running():
                     b.launch()
                     started.append(b)
+            if self.security_files is not None:
+                self.security_files.write_client_files(self.bootstrap)
             self.wait_ready(max(1.0, self.start_timeout - (time.monotonic() - t0)))
         except BaseException:
             for b in started:
@@ -280,11 +308,11 @@ class LocalCluster:
         want = {b.node_id for b in running}
         try:
             for b in running:
-                admin = AdminClient({"bootstrap.servers": b.bootstrap, "log_level": 0})
+                admin = AdminClient({**b.client_settings(), "log_level": 0})
                 if set(admin.list_topics(timeout=max(timeout, 0.5)).brokers) != want:
                     return False
             bootstrap = ",".join(b.bootstrap for b in running)
-            admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": 0})
+            admin = AdminClient({**running[0].client_settings(bootstrap), "log_level": 0})
             desc = admin.describe_cluster(request_timeout=max(timeout, 0.5)).result(
                 timeout=max(timeout, 0.5) + 5)
         except (KafkaException, TimeoutError):

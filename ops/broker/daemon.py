@@ -16,6 +16,7 @@ from typing import Any
 from .cluster import LocalCluster
 from .lifecycle import LocalBroker
 from .procs import pid_alive
+from .security import SecurityFiles
 
 STATE = "broker.json"
 
@@ -61,6 +62,7 @@ def write_state(broker: LocalBroker, pid: int) -> None:
         "log": str(broker.log_path),
         "stdout": str(broker.stdout_path),
         "started_at": time.time(),
+        **_security_state(broker.security_files, broker.internal_port),
     }
     _write(broker.data_dir, state)
 
@@ -78,8 +80,27 @@ def write_cluster_state(cluster: LocalCluster, pids: list[int]) -> None:
         "log": str(cluster.brokers[0].log_path),
         "logs": [str(b.log_path) for b in cluster.brokers],
         "started_at": time.time(),
+        **_security_state(cluster.security_files, None),
     }
+    if cluster.security_files is not None:
+        state["internal_ports"] = [b.internal_port for b in cluster.brokers]
     _write(cluster.data_dir, state)
+
+
+def _security_state(files: SecurityFiles | None, internal_port: int | None) -> dict[str, Any]:
+    """Where a secured broker's client files are (paths only, never the password)."""
+    if files is None:
+        return {}
+    state: dict[str, Any] = {
+        "security": "sasl_ssl",
+        "client_config": str(files.client_properties_path),
+        "client_env": str(files.client_env_path),
+        "password_file": str(files.password_path),
+        "ca": str(files.ca_path),
+    }
+    if internal_port is not None:
+        state["internal_port"] = internal_port
+    return state
 
 
 def _write(data_dir: Path, state: Mapping[str, Any]) -> None:
@@ -107,7 +128,9 @@ def running_pids(data_dir: Path) -> tuple[list[int], dict[str, Any]] | None:
 
 def describe(state: Mapping[str, Any]) -> str:
     """The ``key=value`` line ``start`` and ``status`` print, which scripts parse."""
+    secured = (f" security={state['security']} client_config={state['client_config']}"
+               if state.get("security") else "")
     if "pids" in state:
         pids = ",".join(map(str, state["pids"]))
-        return f"bootstrap={state['bootstrap']} pids={pids} log={state['log']}"
-    return f"bootstrap={state['bootstrap']} pid={state['pid']} log={state['log']}"
+        return f"bootstrap={state['bootstrap']} pids={pids} log={state['log']}{secured}"
+    return f"bootstrap={state['bootstrap']} pid={state['pid']} log={state['log']}{secured}"

@@ -36,6 +36,13 @@ from .procs import (
     tail_file,
     tail_text,
 )
+from .security import (
+    INTERNAL_LISTENER,
+    SASL_SSL,
+    SECURE_LISTENER,
+    SecurityFiles,
+    check_security,
+)
 
 MAX_MESSAGE_BYTES = 32 * 1024 * 1024
 """Largest record batch the broker accepts: detector frames are several MiB each."""
@@ -66,6 +73,12 @@ class LocalBroker:
     simulate a hung broker whose connections stay open. With ``data_dir=None`` a temporary
     directory is used and removed by ``close()``/``__exit__``.
 
+    ``security="sasl_ssl"`` makes the client port a SASL_SSL listener (SCRAM-SHA-512, TLS with a
+    certificate made for this data directory) instead of a PLAINTEXT one; the brokers talk to
+    each other on a PLAINTEXT listener on ``internal_port`` (127.0.0.1 only) and the KRaft
+    controller listener stays PLAINTEXT too. ``client_settings()`` is what a client needs;
+    ``security_files`` names the files written (see ``pvaflow.ops.broker.security``).
+
     ``die_with_parent=True`` makes the kernel kill the JVM when the starting *thread* exits
     (PR_SET_PDEATHSIG): right for test fixtures, wrong for a broker started from a worker
     thread that ends early.
@@ -89,6 +102,9 @@ class LocalBroker:
         jvm_opts: Sequence[str] = (),
         properties: Mapping[str, object] | None = None,
         die_with_parent: bool = False,
+        security: str = "plaintext",
+        internal_port: int | None = None,
+        security_dir: str | os.PathLike[str] | None = None,
     ) -> None:
         self.kafka_version = check_version(kafka_version or default_kafka_version())
         self.cache_root = cache_root
@@ -101,6 +117,16 @@ class LocalBroker:
         self.controller_port = controller_port or free_port(exclude=(self.port,))
         if self.port == self.controller_port:
             raise BrokerError("the broker and controller ports must differ")
+        self.security = check_security(security)
+        self.internal_port: int | None = None
+        self.security_files: SecurityFiles | None = None
+        if self.security == SASL_SSL:
+            self.internal_port = internal_port or free_port(
+                exclude=(self.port, self.controller_port))
+            if self.internal_port in (self.port, self.controller_port):
+                raise BrokerError("the internal port must differ from the other ports")
+            self.security_files = SecurityFiles(
+                Path(security_dir) if security_dir is not None else self.data_dir / "security")
         self.start_timeout = start_timeout
         self.stop_timeout = stop_timeout
         self.heap_max = heap_max
@@ -119,6 +145,19 @@ class LocalBroker:
     def bootstrap(self) -> str:
         """``127.0.0.1:<port>``: what ``bootstrap.servers`` should be set to."""
         return f"{HOST}:{self.port}"
+
+    @property
+    def secured(self) -> bool:
+        return self.security_files is not None
+
+    def client_settings(self, bootstrap: str | None = None) -> dict[str, str]:
+        """The librdkafka settings a client needs: ``bootstrap.servers`` and, when secured,
+        ``security.protocol``, ``sasl.mechanism``, ``sasl.username``, ``sasl.password`` and
+        ``ssl.ca.location``. Holds the password: never log it (``redact`` it)."""
+        where = bootstrap or self.bootstrap
+        if self.security_files is None:
+            return {"bootstrap.servers": where}
+        return self.security_files.client_settings(where)
 
     @property
     def log_dir(self) -> Path:
@@ -166,11 +205,7 @@ class LocalBroker:
             # Static quorum: works unchanged on 3.x and 4.x, needs no --standalone at format
             # time, and tolerates a different controller port on a later start.
             "controller.quorum.voters": f"1@{HOST}:{self.controller_port}",
-            "listeners": f"PLAINTEXT://{HOST}:{self.port},CONTROLLER://{HOST}:{self.controller_port}",
-            "advertised.listeners": f"PLAINTEXT://{HOST}:{self.port}",
-            "controller.listener.names": "CONTROLLER",
-            "inter.broker.listener.name": "PLAINTEXT",
-            "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            **self._listener_properties(),
             "log.dirs": str(self.kraft_dir),
             "num.partitions": 1,
             # Frames are several MiB: let batches of up to 32 MiB through end to end.
@@ -203,6 +238,31 @@ class LocalBroker:
             props["share.coordinator.state.topic.min.isr"] = 1
         props.update(self.extra_properties)
         return props
+
+    def _listener_properties(self) -> dict[str, object]:
+        controller = f"CONTROLLER://{HOST}:{self.controller_port}"
+        if self.security_files is None:
+            return {
+                "listeners": f"PLAINTEXT://{HOST}:{self.port},{controller}",
+                "advertised.listeners": f"PLAINTEXT://{HOST}:{self.port}",
+                "controller.listener.names": "CONTROLLER",
+                "inter.broker.listener.name": "PLAINTEXT",
+                "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            }
+        # Clients only ever see the secured listener: a metadata response lists the
+        # addresses of the listener the request came in on.
+        secure = f"{SECURE_LISTENER}://{HOST}:{self.port}"
+        internal = f"{INTERNAL_LISTENER}://{HOST}:{self.internal_port}"
+        return {
+            "listeners": f"{secure},{internal},{controller}",
+            "advertised.listeners": f"{secure},{internal}",
+            "controller.listener.names": "CONTROLLER",
+            "inter.broker.listener.name": INTERNAL_LISTENER,
+            "listener.security.protocol.map": (f"{SECURE_LISTENER}:SASL_SSL,"
+                                               f"{INTERNAL_LISTENER}:PLAINTEXT,"
+                                               "CONTROLLER:PLAINTEXT"),
+            **self.security_files.listener_properties(),
+        }
 
     def _logging_config(self) -> tuple[Path, str, str]:
         """(path, content, JVM option) for the log4j config that sends logs to the data dir."""
@@ -246,9 +306,19 @@ class LocalBroker:
 
     def _prepare(self) -> list[str]:
         """Fetch jars, write configs, format storage once; return the broker command line."""
+        if (self.security_files is not None and self.cluster_id is not None
+                and not self.security_files.has_credentials()):
+            raise BrokerError(
+                f"{self.kraft_dir} was formatted without SCRAM credentials (a plaintext "
+                "broker); a secured broker needs a fresh --data-dir")
         libs = fetch_kafka(self.kafka_version, cache_root=self.cache_root)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.log_dir.mkdir(exist_ok=True)
+        scram: list[str] = []
+        if self.security_files is not None:
+            self.security_files.ensure()
+            self._write_client_files()
+            scram = ["--add-scram", self.security_files.scram_argument()]
         self.properties_path.write_text(
             "# Written by pvaflow.ops.broker on every start; pass overrides as properties=...\n"
             + render_properties(self.server_properties())
@@ -258,7 +328,8 @@ class LocalBroker:
         jvm = self._jvm(libs, log_opt)
         if self.cluster_id is None:
             fmt = [*jvm, "kafka.tools.StorageTool", "format",
-                   "-t", self._format_cluster_id(), "-c", str(self.properties_path)]
+                   "-t", self._format_cluster_id(), "-c", str(self.properties_path),
+                   *scram]
             proc = subprocess.run(fmt, capture_output=True, text=True, timeout=120, check=False)
             if proc.returncode != 0 or self.cluster_id is None:
                 raise BrokerError(
@@ -266,6 +337,12 @@ class LocalBroker:
                     + tail_text(proc.stdout + proc.stderr, 30)
                 )
         return [*jvm, "kafka.Kafka", str(self.properties_path)]
+
+    def _write_client_files(self) -> None:
+        """``client.properties`` and ``client.env`` for this broker's clients (a cluster
+        writes its own, listing every member)."""
+        if self.security_files is not None:
+            self.security_files.write_client_files(self.bootstrap)
 
     def _format_cluster_id(self) -> str:
         """The id to format fresh storage with: a new one, unless the node joins others."""
@@ -296,8 +373,8 @@ class LocalBroker:
         if self.is_running():
             return
         cmd = self._prepare()
-        for port in (self.port, self.controller_port):
-            if port_in_use(port):
+        for port in (self.port, self.controller_port, self.internal_port):
+            if port is not None and port_in_use(port):
                 raise BrokerError(f"port {port} on {HOST} is already in use")
         self._out = open(self.stdout_path, "ab")  # noqa: SIM115 - lives as long as the JVM
         self._out.write(f"\n=== pvaflow broker start {time.ctime()}: {shlex.join(cmd)}\n".encode())
@@ -330,7 +407,7 @@ class LocalBroker:
         from confluent_kafka import KafkaException
         from confluent_kafka.admin import AdminClient
 
-        admin = AdminClient({"bootstrap.servers": self.bootstrap, "log_level": 0})
+        admin = AdminClient({**self.client_settings(), "log_level": 0})
         try:
             md = admin.list_topics(timeout=max(timeout, 0.5))
         except KafkaException:
@@ -430,7 +507,8 @@ class LocalBroker:
 
     def __repr__(self) -> str:
         state = f"pid={self.pid}" if self.is_running() else "stopped"
-        return (f"LocalBroker({self.bootstrap}, kafka {self.kafka_version}, "
+        secured = ", sasl_ssl" if self.secured else ""
+        return (f"LocalBroker({self.bootstrap}{secured}, kafka {self.kafka_version}, "
                 f"{self.data_dir}, {state})")
 
 

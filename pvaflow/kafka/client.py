@@ -55,6 +55,8 @@ PROBE_INTERVAL = 2.0
 HINT_START = ("start one with `pvaflow broker run`, or point --bootstrap-servers / "
               f"${ENV_BOOTSTRAP} at a running cluster")
 HINT_AUTH = "check sasl.username / sasl.password (-X or PVAFLOW_KAFKA_SASL_*)"
+HINT_TLS = ("check ssl.ca.location (the CA that signed the broker's certificate) and "
+            "security.protocol (-X or PVAFLOW_KAFKA_*)")
 
 # Errors that mean "no broker answers" rather than a problem with one request.
 _DOWN = frozenset({KafkaError._ALL_BROKERS_DOWN, KafkaError._TRANSPORT,
@@ -89,6 +91,7 @@ class Health:
         self.down_since: float | None = None
         self.cause: str | None = None
         self.auth_failed: str | None = None
+        self.tls_failed = False  # auth_failed is a TLS handshake failure, not SASL
         self._next_probe = 0.0
         self._logged: dict[int, float] = {}
         # While a command first checks the cluster its failure is the one line the user
@@ -101,6 +104,7 @@ class Health:
         with self._lock:
             if code in _AUTH:
                 self.auth_failed = err.str()
+                self.tls_failed = code == KafkaError._SSL
             if code in _DOWN or code in _AUTH:
                 self.cause = err.str()
                 if self.down_since is None and code in (KafkaError._ALL_BROKERS_DOWN,
@@ -147,7 +151,8 @@ class Health:
     def unavailable(self, what: str, bootstrap_servers: str = "") -> KafkaUnavailable:
         where = f" at {bootstrap_servers}" if bootstrap_servers else ""
         if self.auth_failed:
-            return KafkaUnavailable(f"{what}{where}: {self.auth_failed}", hint=HINT_AUTH)
+            return KafkaUnavailable(f"{what}{where}: {self.auth_failed}",
+                                    hint=HINT_TLS if self.tls_failed else HINT_AUTH)
         cause = f" ({self.cause})" if self.cause else ""
         return KafkaUnavailable(f"{what}{where}{cause}", hint=HINT_START)
 
@@ -256,9 +261,10 @@ class Kafka:
                     self.health.cause = err.str()
             admin.poll(0)  # serve the error callback: it carries the cause
             if self.health.auth_failed or time.monotonic() >= deadline:
-                raise self.health.unavailable(
-                    "cannot reach Kafka" if not self.health.auth_failed else "Kafka refused "
-                    "the credentials", self.bootstrap)
+                what = ("cannot reach Kafka" if not self.health.auth_failed
+                        else "TLS handshake with Kafka failed" if self.health.tls_failed
+                        else "Kafka refused the credentials")
+                raise self.health.unavailable(what, self.bootstrap)
 
     def _admin_for_probe(self) -> AdminClient:
         if self._probe_admin is None:
