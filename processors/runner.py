@@ -151,14 +151,17 @@ class Runner:
                                       (cfg.dlq_topic, 1)):
                 if topic:
                     ensure_topic(topic, partitions, admin=admin, strict=False)
-            self._wait_for_input(admin)
-            if ctx.stop.is_set():
-                return  # stopped while waiting: step() is never called, close() is
+            # The clients before the wait: a refused -X setting is reported at once, not
+            # when the bridge finally creates the topic.
             self._consumer = ctx.kafka.consumer(cfg.group, self._consumer_conf(ctx))
             self._producer = ctx.kafka.producer(self._producer_conf(ctx))
             self._sender = ctx.sender(self._producer, on_full="fail")
             if cfg.exactly_once:
                 self._producer.init_transactions(30)
+            self._wait_for_input(admin)
+            if ctx.stop.is_set():
+                self._release()  # stopped while waiting: nothing was consumed
+                return
             self.channels = self._make_channels(ctx)
             try:
                 self.plugin.start()
@@ -244,7 +247,7 @@ class Runner:
 
         A final commit that fails is raised after everything is released, so the lifecycle
         prints it as the run's one error line."""
-        if self._consumer is None:  # stopped while waiting for the input topic
+        if self._consumer is None:  # released already (stopped while waiting for the topic)
             return 0
         producer = self.producer
         error: BaseException | None = None
@@ -283,6 +286,7 @@ class Runner:
                 self._consumer.close()
             except KafkaException as exc:
                 log.warning("consumer close: %s", exc)
+            self._consumer = None
 
     # -- the hot path ---------------------------------------------------------------------
 
