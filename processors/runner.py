@@ -78,7 +78,8 @@ class RunnerConfig:
 
 
 class Runner:
-    """Runs ``processor`` over the input topic; :meth:`close` returns the exit code."""
+    """Runs ``processor`` over the input topic. The constructor does no I/O, so a wrong
+    option or plugin fails before any cluster is asked; :meth:`start` does it all."""
 
     schema = STATUS_SCHEMA
 
@@ -222,6 +223,8 @@ class Runner:
         except (PvaflowError, KafkaException) as exc:
             self._failed = exc  # close() must not commit past what was not delivered
             raise
+        if self._failed is not None:  # a commit on revoke failed inside consume()
+            raise self._failed
 
     def _step(self) -> None:
         producer, cfg = self.producer, self.cfg
@@ -243,10 +246,10 @@ class Runner:
             self.counters.update_rate()
 
     def close(self) -> int:
-        """Final commit (or abort), plugin stop, consumer close; bounded when Kafka is gone.
-
-        A final commit that fails is raised after everything is released, so the lifecycle
-        prints it as the run's one error line."""
+        """Bounded when Kafka is gone or the run failed: nothing more may be committed then,
+        and a stopping consumer must not hang on a dead cluster. A final commit that fails is
+        raised after everything is released, so the lifecycle prints it as the one error
+        line of the run."""
         if self._consumer is None:  # released already (stopped while waiting for the topic)
             return 0
         producer = self.producer
@@ -446,9 +449,7 @@ class Runner:
                     self._commit(sync=True,
                                  only={(tp.topic, tp.partition) for tp in partitions})
             except (PvaflowError, KafkaException) as exc:
-                log.error("commit on revoke failed: %s", exc)
-                self._failed = exc
-                self.ctx.stop.set()
+                self._failed = exc  # raised by step(): callbacks cannot end the run
         self._tracker.drop(partitions)
         for tp in partitions:
             self.counters.forget_partition(tp.topic, tp.partition)

@@ -130,3 +130,33 @@ def test_broker_gone_for_good_mid_run_is_one_line_and_exit_3(
     line = the_error_line(text, bootstrap)
     assert "lost Kafka" in line
     assert 8 <= elapsed < 90, elapsed
+
+
+def test_input_topic_that_never_appears_ends_with_the_runtime(
+        kafka_bootstrap: str, make_topic: Callable[..., str]) -> None:
+    missing = f"missing-{make_topic()}"
+    done, elapsed = run("--input-topic", missing, *PLUGIN, *NO_CONTROL, "-b", kafka_bootstrap,
+                        "--runtime", "3", "--dlq-topic", "")
+    assert done.returncode == 1
+    line = the_error_line(done.stderr)
+    assert missing in line and "did not appear within 3 s" in line
+    assert elapsed < 30
+
+
+def test_stop_while_waiting_for_the_input_topic_is_a_clean_exit(
+        kafka_bootstrap: str, make_topic: Callable[..., str], tmp_path: Path) -> None:
+    err = tmp_path / "stderr.log"
+    with open(err, "w") as stderr:
+        proc = subprocess.Popen(
+            consumer_cmd("--input-topic", f"missing-{make_topic()}", *PLUGIN, *NO_CONTROL,
+                         "-b", kafka_bootstrap, "--dlq-topic", ""),
+            stdout=subprocess.DEVNULL, stderr=stderr, stdin=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: "waiting for topic" in err.read_text(), 60, "the wait for the topic")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+    assert "Traceback" not in err.read_text() and "error" not in err.read_text()
