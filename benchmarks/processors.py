@@ -104,37 +104,32 @@ def child_runner(bootstrap: str, topic: str, out: str, n: int, batch: int,
     from pvaflow.processors.runner import Runner, RunnerConfig
 
     from benchmarks.report import rss_mib
+    from pvaflow.component import Context
+    from pvaflow.kafka.client import Kafka
     from pvaflow.memory import release_large_frees
 
     release_large_frees()  # as pvaflow-consumer does at start
     base = rss_mib("VmRSS")
-    cfg = RunnerConfig(input_topics=[topic], group=f"bench-runner-{uuid.uuid4().hex[:8]}",
-                       output_topic=out, dlq_topic=None, bootstrap=bootstrap,
-                       max_queue_size=max_queue, batch_size=batch, report_period=0)
+    cfg = RunnerConfig(input_topic=topic, group=f"bench-runner-{uuid.uuid4().hex[:8]}",
+                       output_topic=out, dlq_topic=None, max_queue_size=max_queue,
+                       batch_size=batch)
     r = Runner(Passthrough(), cfg)
+    # The component's own steps, without the lifecycle's reports and control agent.
+    r.start(Context(Kafka(bootstrap)))
     marks: dict[str, float] = {}
-
-    def done() -> bool:
-        if "t0" not in marks and r.stats.received:
+    while r.counters.received < n:
+        r.step()
+        if "t0" not in marks and r.counters.received:
             marks["t0"], marks["c0"] = time.perf_counter(), _cpu()
-        if r.stats.received >= n:
-            r.producer.flush()
-            marks["t1"], marks["c1"] = time.perf_counter(), _cpu()
-            return True
-        return False
-
-    r.extra_stop = done
-    import contextlib
-    import io
-
-    with contextlib.redirect_stdout(io.StringIO()):
-        r.run()
+    r.producer.flush()
+    marks["t1"], marks["c1"] = time.perf_counter(), _cpu()
+    r.close()
     dt = marks["t1"] - marks["t0"]
-    n_done = r.stats.processed
+    n_done = r.counters.processed
     return {"frames": n_done, "seconds": dt, "fps": n_done / dt,
             "rss_mib": rss_mib(), "base_rss_mib": base,
             "cpu_us_per_frame": (marks["c1"] - marks["c0"]) / n_done * 1e6,
-            "sequence_gaps": r.stats.sequence_gaps, "dlq": r.stats.dlq}
+            "sequence_gaps": r.counters.sequence_gaps, "dlq": r.counters.dlq}
 
 
 def run_child(kind: str, bootstrap: str, topic: str, n: int, batch: int,

@@ -4,6 +4,10 @@ They behave as ``pvapy-hpc-consumer``'s do, so the seed's ``pvget``/``pvput`` se
 unchanged: ``*`` in a channel name is the consumer id; the control record takes
 ``{"command": ..., "args": "<json>"}`` and its ``statusMessage`` shows the last command's result.
 The server binds where the EPICS environment says (``EPICS_PVAS_INTF_ADDR_LIST`` etc.).
+
+A command put on the control record runs where every other command runs, on the component's
+loop thread (through the lifecycle's command bus), so the plugin is never called from pvapy's
+thread; ``stop`` only asks the lifecycle to stop, as a signal does.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future
 from typing import Any
 
@@ -70,15 +74,16 @@ def _pva_type(value: Any) -> Any:
 
 
 class PvaChannels:
-    """Owns one ``PvaServer``; ``publish`` and ``update_status`` run on the runner thread,
+    """Owns one ``PvaServer``; ``publish`` and ``update_status`` run on the loop thread,
     the control callback on pvapy's thread (it only enqueues onto the :class:`CommandBus`)."""
 
-    def __init__(self, consumer_id: int, bus: CommandBus, *, output: str | None,
-                 status: str | None, control: str | None,
+    def __init__(self, consumer_id: int, commands: CommandBus, stop: Callable[[], None], *,
+                 output: str | None, status: str | None, control: str | None,
                  user_stats_types: Mapping[str, Any] | None = None) -> None:
         self.consumer_id = consumer_id
         self.output, self.status, self.control = output, status, control
-        self._bus = bus
+        self._commands = commands
+        self._stop = stop
         self._lock = threading.Lock()
         self._server = pva.PvaServer()
         self._output_ready = False
@@ -178,17 +183,24 @@ class PvaChannels:
             except ValueError:
                 args = {"args": raw}
         log.info("control channel: %s %s", command, args)
+        if command == "stop":
+            self._set_control(_DONE_MESSAGES[command])
+            self._stop()
+            return
         self._set_control("Command successful")
-        fut = self._bus.submit(command, args)
+        fut = self._commands.submit(command, args)
         fut.add_done_callback(lambda f: self._finished(command, f))
 
     def _finished(self, command: str, fut: Future[Any]) -> None:
+        """Runs on the loop thread, which set the future's result."""
         exc = fut.exception()
         if exc is not None:
             msg = {"configure": "Configuration failed"}.get(command, f"{command} failed")
             self._set_control(f"{msg}: {exc}")
-        else:
-            self._set_control(_DONE_MESSAGES[command])
+            return
+        if command == "get_stats":  # PvaPy's get_stats refreshes the status record
+            self.update_status(fut.result() or {})
+        self._set_control(_DONE_MESSAGES[command])
 
     def stop(self) -> None:
         try:

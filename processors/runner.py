@@ -1,7 +1,9 @@
 """The consumer's data plane: poll, decode, call the plugin, produce, commit.
 
 One thread does all of it (the plugin is never called concurrently); librdkafka does the I/O
-on its own threads outside the GIL. Delivery guarantees:
+on its own threads outside the GIL. :class:`Runner` is a :class:`~pvaflow.component.Component`:
+the lifecycle owns the loop, signals, runtime, reports and control, so a consumer stops, fails
+and reports like every other stage. Delivery guarantees:
 
 * at-least-once (default): an input offset is committed only after every record produced for
   it (outputs, DLQ copies) is acknowledged (:mod:`.tracking`);
@@ -10,6 +12,9 @@ on its own threads outside the GIL. Delivery guarantees:
 
 On a cooperative rebalance the revoked partitions' in-flight outputs are flushed and their
 offsets committed before the partitions go, so the next owner starts where this one stopped.
+A failure (a delivery that failed, a producer buffer that never drained before a stop, a lost
+cluster) leaves the offsets uncommitted: the group's next owner reprocesses from the last
+commit instead of skipping frames.
 """
 
 from __future__ import annotations
@@ -17,45 +22,55 @@ from __future__ import annotations
 import contextlib
 import logging
 import pprint
-import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, cast
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient
+from prometheus_client.registry import Collector
 
 from pvaflow.codec import FrameError, decode, encode
-from pvaflow.control import CommandBus
+from pvaflow.component import Context
+from pvaflow.control import ComponentId
 from pvaflow.dlq import dlq_headers
-from pvaflow.kafka.settings import consumer_config, producer_config
+from pvaflow.errors import PluginError, PvaflowError
+from pvaflow.kafka.produce import Sender
+from pvaflow.kafka.topics import ensure_topic
 from pvaflow.metrics import consumer_lag
-from pvaflow.plugin import Processor, outputs
+from pvaflow.plugin import Processor, PvaPyAdapter, outputs
 
 from .pva_channels import PvaChannels
-from .stats import Stats
-from .tracking import DeliveryFailed, OffsetTracker
+from .stats import STATUS_SCHEMA, Stats, StatsCollector
+from .tracking import OffsetTracker
 
 log = logging.getLogger(__name__)
 
+KIND = "consumer"
 PROC_HEADER = "pf.proc"  # which consumer produced an output: "group/consumer_id"
+POLL = 0.1  # seconds one step waits for records (the lifecycle wants steps of ~0.2 s at most)
+TOPIC_POLL = 0.5  # seconds between looks for the bridge's input topic
 
 
 @dataclass
 class RunnerConfig:
-    input_topics: list[str]
+    input_topic: str
     group: str
     consumer_id: int = 1
     output_topic: str | None = None
+    output_partitions: int = 1
     dlq_topic: str | None = None
-    bootstrap: str | None = None
-    overrides: list[tuple[str, str]] = field(default_factory=list)
     exactly_once: bool = False
     max_queue_size: int = 1000
     batch_size: int = 32
     commit_interval: float = 0.2
-    runtime: float = 0.0
-    report_period: float = 10.0
+    # How long start() waits for the bridge to create the input topic (0: until stopped): the
+    # run's --runtime, so a consumer started before its bridge neither gives up early nor
+    # outlives the time it was given.
+    topic_wait: float = 0.0
+    output_channel: str | None = None
+    status_channel: str | None = None
+    control_channel: str | None = None
 
     @property
     def name(self) -> str:
@@ -63,41 +78,58 @@ class RunnerConfig:
 
 
 class Runner:
-    """Runs ``processor`` over the input topics until stopped, the runtime ends, or a fatal
-    Kafka error; :meth:`run` returns the process exit code."""
+    """Runs ``processor`` over the input topic. The constructor does no I/O, so a wrong
+    option or plugin fails before any cluster is asked; :meth:`start` does it all."""
 
-    def __init__(self, processor: Processor, cfg: RunnerConfig, *,
-                 bus: CommandBus | None = None, channels: PvaChannels | None = None,
-                 stats: Stats | None = None) -> None:
+    schema = STATUS_SCHEMA
+
+    def __init__(self, processor: Processor, cfg: RunnerConfig) -> None:
         self.plugin = processor
         self.cfg = cfg
-        self.bus = bus or CommandBus()
-        self.channels = channels
-        self.stats = stats or Stats(processor.get_stats)
-        self.stop_event = threading.Event()
-        self.extra_stop: Callable[[], bool] = lambda: False
+        self.identity = ComponentId(KIND, cfg.group, str(cfg.consumer_id))
+        self.counters = Stats(processor.get_stats)
+        self.channels: PvaChannels | None = None
         self._tracker = OffsetTracker()
         self._proc_header = (PROC_HEADER, cfg.name.encode())
         self._debug = log.isEnabledFor(logging.DEBUG)
+        self._batch = max(1, min(cfg.batch_size, cfg.max_queue_size))
         self._in_txn = False
         self._produced_in_txn = 0
-        self.consumer = Consumer(self._consumer_conf())
-        self.producer = Producer(self._producer_conf())
+        self._next_commit = 0.0
+        self._failed: BaseException | None = None
+        self._ctx: Context | None = None
+        self._consumer: Consumer | None = None
+        self._producer: Producer | None = None
+        self._sender: Sender | None = None
 
-    # -- configuration --------------------------------------------------------------------
+    # -- the clients (made in start) ------------------------------------------------------
 
-    def _consumer_conf(self) -> dict[str, Any]:
+    @property
+    def consumer(self) -> Consumer:
+        assert self._consumer is not None, "start() first"
+        return self._consumer
+
+    @property
+    def producer(self) -> Producer:
+        assert self._producer is not None, "start() first"
+        return self._producer
+
+    @property
+    def ctx(self) -> Context:
+        assert self._ctx is not None, "start() first"
+        return self._ctx
+
+    def _consumer_conf(self, ctx: Context) -> dict[str, Any]:
         extra: dict[str, Any] = {"client.id": f"pvaflow-consumer-{self.cfg.name}",
-                                 "statistics.interval.ms": 1000, "stats_cb": self._on_stats}
+                                 "statistics.interval.ms": 1000}
         if self.cfg.exactly_once:
             extra["isolation.level"] = "read_committed"
-        conf = consumer_config(self.cfg.group, self.cfg.bootstrap, None, **{})
-        conf.update(extra)
-        conf.update(dict(self.cfg.overrides))
+        conf = ctx.kafka.consumer_config(self.cfg.group, **extra)
+        conf["stats_cb"] = self._on_stats
         conf["enable.auto.commit"] = False  # commits follow deliveries, never a timer
         return conf
 
-    def _producer_conf(self) -> dict[str, Any]:
+    def _producer_conf(self, ctx: Context) -> dict[str, Any]:
         extra: dict[str, Any] = {"client.id": f"pvaflow-consumer-{self.cfg.name}"}
         if self.cfg.exactly_once:
             extra.update({
@@ -107,96 +139,162 @@ class Runner:
                 "transaction.timeout.ms": 10_000,
                 "message.timeout.ms": 10_000,
             })
-        conf = producer_config(self.cfg.bootstrap, None)
-        conf.update(extra)
-        conf.update(dict(self.cfg.overrides))
-        return conf
+        return ctx.kafka.producer_config(**extra)
 
     # -- lifecycle ------------------------------------------------------------------------
 
-    def request_stop(self) -> None:
-        self.stop_event.set()
-
-    def run(self) -> int:
+    def start(self, ctx: Context) -> None:
         cfg = self.cfg
-        if cfg.exactly_once:
-            self.producer.init_transactions(30)
-        self.consumer.subscribe(cfg.input_topics, on_assign=self._on_assign,
-                                on_revoke=self._on_revoke, on_lost=self._on_lost)
-        self.plugin.start()
-        log.info("consumer %s: %s -> %s (plugin %s, %s)", cfg.name, ",".join(cfg.input_topics),
+        self._ctx = ctx
+        try:
+            admin = ctx.kafka.admin()
+            for topic, partitions in ((cfg.output_topic, cfg.output_partitions),
+                                      (cfg.dlq_topic, 1)):
+                if topic:
+                    ensure_topic(topic, partitions, admin=admin, strict=False)
+            # The clients before the wait: a refused -X setting is reported at once, not
+            # when the bridge finally creates the topic.
+            self._consumer = ctx.kafka.consumer(cfg.group, self._consumer_conf(ctx))
+            self._producer = ctx.kafka.producer(self._producer_conf(ctx))
+            self._sender = ctx.sender(self._producer, on_full="fail")
+            if cfg.exactly_once:
+                self._producer.init_transactions(30)
+            self._wait_for_input(admin)
+            if ctx.stop.is_set():
+                self._release()  # stopped while waiting: nothing was consumed
+                return
+            self.channels = self._make_channels(ctx)
+            try:
+                self.plugin.start()
+            except Exception as exc:
+                log.debug("plugin start() failed", exc_info=True)
+                raise PluginError(f"plugin {type(self.plugin).__name__} failed to start: "
+                                  f"{type(exc).__name__}: {exc}") from None
+            self._consumer.subscribe([cfg.input_topic], on_assign=self._on_assign,
+                                     on_revoke=self._on_revoke, on_lost=self._on_lost)
+        except BaseException:
+            self._release()  # the lifecycle closes only what started
+            raise
+        self._next_commit = time.monotonic() + cfg.commit_interval
+        log.info("consumer %s: %s -> %s (plugin %s, %s)", cfg.name, cfg.input_topic,
                  cfg.output_topic or "-", type(self.plugin).__name__,
                  "exactly-once" if cfg.exactly_once else "at-least-once")
-        code = 0
-        try:
-            self._loop()
-        except (DeliveryFailed, KafkaException) as exc:
-            log.error("consumer %s stopping on fatal error: %s", cfg.name, exc)
-            code = 1
-        finally:
-            code = self._shutdown(code)
-        return code
 
-    def _loop(self) -> None:
+    def _wait_for_input(self, admin: AdminClient) -> None:
+        """The bridge creates the frames topic (it owns the partition count): wait for it."""
+        ctx, topic, wait = self.ctx, self.cfg.input_topic, self.cfg.topic_wait
+        deadline = time.monotonic() + wait if wait > 0 else float("inf")
+        warned = False
+        while not ctx.stop.is_set():
+            try:
+                meta = admin.list_topics(timeout=10)  # all topics: never auto-creates this one
+            except KafkaException:
+                admin.poll(0)  # serve the error callback: health learns the cluster is gone
+            else:
+                t = meta.topics.get(topic)
+                if t is not None and t.error is None and t.partitions:
+                    return
+            ctx.kafka.health.check()
+            if time.monotonic() >= deadline:
+                raise PvaflowError(f"input topic {topic} did not appear within {wait:g} s",
+                                   hint="start the bridge that writes it, or check "
+                                        "--input-topic / --distributor-set")
+            if not warned:
+                log.info("waiting for topic %s to be created by the bridge", topic)
+                warned = True
+            ctx.stop.wait(TOPIC_POLL)
+
+    def _make_channels(self, ctx: Context) -> PvaChannels | None:
         cfg = self.cfg
-        deadline = time.monotonic() + cfg.runtime if cfg.runtime > 0 else float("inf")
-        next_commit = time.monotonic() + cfg.commit_interval
-        next_report = time.monotonic() + cfg.report_period if cfg.report_period > 0 else \
-            float("inf")
-        batch = max(1, min(cfg.batch_size, cfg.max_queue_size))
-        consumer, producer = self.consumer, self.producer
-        while not self.stop_event.is_set() and not self.extra_stop():
-            self.bus.run_pending(self.execute)
+        if not (cfg.output_channel or cfg.status_channel or cfg.control_channel):
+            return None
+        plugin = self.plugin
+        declared = plugin.inner.getStatsPvaTypes() if isinstance(plugin, PvaPyAdapter) \
+            and hasattr(plugin.inner, "getStatsPvaTypes") else None
+        sample = self.counters.plugin_stats() or {}
+        return PvaChannels(
+            cfg.consumer_id, ctx.commands, ctx.stop.set, output=cfg.output_channel,
+            status=cfg.status_channel, control=cfg.control_channel,
+            user_stats_types=PvaChannels.user_types_from(sample, declared))
+
+    def step(self) -> None:
+        try:
+            self._step()
+        except (PvaflowError, KafkaException) as exc:
+            self._failed = exc  # close() must not commit past what was not delivered
+            raise
+        if self._failed is not None:  # a commit on revoke failed inside consume()
+            raise self._failed
+
+    def _step(self) -> None:
+        producer, cfg = self.producer, self.cfg
+        if len(producer) > cfg.max_queue_size:
+            producer.poll(POLL)  # backpressure: memory stays bounded until deliveries catch up
+        else:
             if cfg.exactly_once and not self._in_txn:
                 producer.begin_transaction()
                 self._in_txn = True
-            msgs = consumer.consume(batch, 0.1)
+            msgs = self.consumer.consume(self._batch, POLL)
             if msgs:
                 self._handle(msgs)
             producer.poll(0)
-            while len(producer) > cfg.max_queue_size and not self.stop_event.is_set():
-                producer.poll(0.01)  # backpressure: bounded memory (stop still works)
-            now = time.monotonic()
-            if now >= next_commit:
-                next_commit = now + cfg.commit_interval
-                self._commit()
-                self.stats.producer_queue = len(producer)
-                self.stats.update_rate()
-            if now >= next_report:
-                next_report = now + cfg.report_period
-                self.report()
-            if now >= deadline:
-                log.info("consumer %s: runtime of %gs reached", cfg.name, cfg.runtime)
-                break
+        now = time.monotonic()
+        if now >= self._next_commit:
+            self._next_commit = now + cfg.commit_interval
+            self._commit()
+            self.counters.producer_queue = len(producer)
+            self.counters.update_rate()
 
-    def _shutdown(self, code: int) -> int:
-        self.bus.run_pending(self.execute)  # answer commands that arrived while stopping
-        try:
-            self.producer.flush(30)
-            if code == 0:
+    def close(self) -> int:
+        """Bounded when Kafka is gone or the run failed: nothing more may be committed then,
+        and a stopping consumer must not hang on a dead cluster. A final commit that fails is
+        raised after everything is released, so the lifecycle prints it as the one error
+        line of the run."""
+        if self._consumer is None:  # released already (stopped while waiting for the topic)
+            return 0
+        producer = self.producer
+        error: BaseException | None = None
+        if self._failed is None and self.ctx.kafka.health.reachable:
+            try:
+                producer.flush(30)
                 self._commit(sync=True)
-            elif self._in_txn:
-                self.producer.abort_transaction(10)
+            except (PvaflowError, KafkaException) as exc:
+                error = self._failed = exc
+        else:  # nothing more can be committed: the offsets stay where the last commit put them
+            producer.flush(1)
+            if self._in_txn:
+                try:
+                    producer.abort_transaction(5)
+                except KafkaException as exc:
+                    log.warning("aborting the open transaction: %s", exc)
                 self._in_txn = False
-        except (DeliveryFailed, KafkaException) as exc:
-            log.error("final commit failed: %s", exc)
-            code = 1
         try:
             self.plugin.stop()
         except Exception:
             log.exception("plugin stop() failed")
-        self.stats.update_rate()
-        self.report(final=True)
-        try:
-            self.consumer.close()
-        except KafkaException as exc:
-            log.warning("consumer close: %s", exc)
-        return code
+        self.counters.update_rate()
+        if self.channels is not None:
+            self.channels.update_status(self.stats())
+        self._release()
+        if error is not None:
+            raise error
+        return 0 if self._failed is None else 1
+
+    def _release(self) -> None:
+        if self.channels is not None:
+            self.channels.stop()
+            self.channels = None
+        if self._consumer is not None:
+            try:
+                self._consumer.close()
+            except KafkaException as exc:
+                log.warning("consumer close: %s", exc)
+            self._consumer = None
 
     # -- the hot path ---------------------------------------------------------------------
 
     def _handle(self, msgs: list[Message]) -> None:
-        stats, tracker, plugin = self.stats, self._tracker, self.plugin
+        stats, tracker, plugin = self.counters, self._tracker, self.plugin
         at_least_once = not self.cfg.exactly_once
         out_topic, channels = self.cfg.output_topic, self.channels
         clock, wall = time.perf_counter, time.time
@@ -260,20 +358,11 @@ class Runner:
 
     def _produce(self, topic: str, value: Any, key: bytes | None, headers: Any,
                  on_delivery: Any) -> None:
-        while True:
-            try:
-                if on_delivery is None:
-                    self.producer.produce(topic, value, key, headers=headers)
-                else:
-                    self.producer.produce(topic, value, key, headers=headers,
-                                          on_delivery=on_delivery)
-                self._produced_in_txn += 1
-                return
-            except BufferError:  # librdkafka's queue is full: serve deliveries and retry
-                self.producer.poll(0.05)
-                self.bus.run_pending(self.execute)  # a stop command must still get through
-                if self.stop_event.is_set():  # broker unreachable: leave it uncommitted
-                    raise DeliveryFailed("stopped while the producer buffer was full") from None
+        """Waits for room as long as it takes (the input is a durable log); a stop or a lost
+        cluster raises BufferFull / KafkaUnavailable with the record's offset uncommitted."""
+        assert self._sender is not None
+        self._sender.send(topic, value, key, headers=headers, on_delivery=on_delivery)
+        self._produced_in_txn += 1
 
     def _dead_letter(self, msg: Message, stage: str, exc: BaseException, rec: Any) -> None:
         reason = getattr(exc, "reason", None) or f"{type(exc).__name__}: {exc}"
@@ -287,7 +376,7 @@ class Runner:
         else:
             rec.left += 1
             self._produce(self.cfg.dlq_topic, msg.value(), msg.key(), headers, rec)
-        self.stats.dlq += 1
+        self.counters.dlq += 1
 
     # -- commits --------------------------------------------------------------------------
 
@@ -343,26 +432,27 @@ class Runner:
             if tp.offset >= 0:
                 self.consumer.seek(tp)
 
-    # -- rebalancing (called from inside consume(), between batches) ---------------------
+    # -- rebalancing (called from inside consume() and close()) ---------------------------
 
     def _on_assign(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
         log.info("consumer %s assigned %s", self.cfg.name, _fmt(partitions))
         for tp in partitions:
-            self.stats.forget_partition(tp.topic, tp.partition)
+            self.counters.forget_partition(tp.topic, tp.partition)
 
     def _on_revoke(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
         log.info("consumer %s revoked %s", self.cfg.name, _fmt(partitions))
-        try:
-            if self.cfg.exactly_once:
-                self._commit_transaction(reopen=True)
-            else:
-                self._commit(sync=True, only={(tp.topic, tp.partition) for tp in partitions})
-        except (DeliveryFailed, KafkaException) as exc:
-            log.error("commit on revoke failed: %s", exc)
-            self.stop_event.set()
+        if self._failed is None and self.ctx.kafka.health.reachable:
+            try:
+                if self.cfg.exactly_once:
+                    self._commit_transaction(reopen=True)
+                else:
+                    self._commit(sync=True,
+                                 only={(tp.topic, tp.partition) for tp in partitions})
+            except (PvaflowError, KafkaException) as exc:
+                self._failed = exc  # raised by step(): callbacks cannot end the run
         self._tracker.drop(partitions)
         for tp in partitions:
-            self.stats.forget_partition(tp.topic, tp.partition)
+            self.counters.forget_partition(tp.topic, tp.partition)
 
     def _on_lost(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
         log.warning("consumer %s lost %s (no commit possible)", self.cfg.name, _fmt(partitions))
@@ -370,40 +460,33 @@ class Runner:
 
     def _on_stats(self, stats_json: str) -> None:
         with contextlib.suppress(ValueError):
-            self.stats.lag = consumer_lag(stats_json)
+            self.counters.lag = consumer_lag(stats_json)
 
-    # -- control --------------------------------------------------------------------------
+    # -- status and commands (the lifecycle calls these) ----------------------------------
 
-    def execute(self, command: str, args: dict[str, Any]) -> dict[str, Any]:
-        """A control command, on the runner thread (from the topic agent or the PVA channel)."""
-        log.info("consumer %s: command %s %s", self.cfg.name, command, args)
-        if command == "configure":
-            self.plugin.configure(args)
-            return {"configured": args}
-        if command == "reset_stats":
-            self.stats.reset()
-            self.plugin.reset_stats()
-            return {}
-        if command == "get_stats":
-            snap = self.snapshot()
-            if self.channels is not None:
-                self.channels.update_status(snap)
-            return snap
-        if command == "stop":
-            self.stop_event.set()
-            return {"stopping": True}
-        raise ValueError(f"unknown command {command!r}")
-
-    def snapshot(self) -> dict[str, Any]:
+    def stats(self) -> dict[str, Any]:
         return {"consumer_id": self.cfg.consumer_id, "group": self.cfg.group,
-                **self.stats.snapshot()}
+                **self.counters.snapshot()}
 
-    def report(self, final: bool = False) -> None:
-        snap = self.snapshot()
+    def configure(self, args: dict[str, Any]) -> dict[str, Any]:
+        self.plugin.configure(args)
+        return {"configured": args}
+
+    def reset_stats(self) -> None:
+        self.counters.reset()
+        self.plugin.reset_stats()
+
+    def report(self, final: bool = False) -> str:
+        snap = self.stats()
         if self.channels is not None:
             self.channels.update_status(snap)
         snap["final"] = final
-        print(pprint.pformat(snap, sort_dicts=False), flush=True)
+        return pprint.pformat(snap, sort_dicts=False)
+
+    def metrics(self) -> Collector:
+        return StatsCollector(self.counters, {
+            "component": KIND, "group": self.cfg.group,
+            "consumer_id": str(self.cfg.consumer_id), "topic": self.cfg.input_topic})
 
 
 def _fmt(partitions: list[TopicPartition]) -> str:

@@ -2,7 +2,8 @@
 
 Each child is a plain single consumer (its own interpreter, its own GIL), started with the
 same command line; Kafka's group protocol, not this parent, shares the partitions. The parent
-forwards SIGINT/SIGTERM and returns the worst exit code.
+forwards SIGINT/SIGTERM and returns the worst exit code, so a supervisor sees a failed member
+even when the others stopped cleanly.
 """
 
 from __future__ import annotations
@@ -12,12 +13,16 @@ import signal
 import subprocess
 import sys
 from collections.abc import Sequence
+from types import FrameType
 
+from pvaflow.options import flags
 from pvaflow.process import die_with_parent
 
 log = logging.getLogger(__name__)
 
-_REPLACED = ("--n-consumers", "--consumer-id", "--metrics-port")
+# Options the parent sets per child (long and short spellings).
+_REPLACED = frozenset(f for o in ("--n-consumers", "--consumer-id", "--metrics-port")
+                      for f in flags(o))
 
 
 def child_argv(argv: Sequence[str], consumer_id: int, metrics_port: int | None) -> list[str]:
@@ -38,8 +43,13 @@ def child_argv(argv: Sequence[str], consumer_id: int, metrics_port: int | None) 
     return out
 
 
+def exit_code(returncode: int) -> int:
+    """A child killed by signal N (returncode -N) counts as the shell's 128+N, not as 0."""
+    return 128 - returncode if returncode < 0 else returncode
+
+
 def spawn(argv: Sequence[str], n: int, first_id: int, metrics_port: int | None) -> int:
-    procs = []
+    procs: list[subprocess.Popen[bytes]] = []
     for i in range(n):
         port = None if metrics_port is None else (metrics_port + i if metrics_port else 0)
         cmd = [sys.executable, "-m", "pvaflow.processors.cli",
@@ -47,11 +57,11 @@ def spawn(argv: Sequence[str], n: int, first_id: int, metrics_port: int | None) 
         procs.append(subprocess.Popen(cmd, preexec_fn=die_with_parent))
         log.info("spawned consumer %d (pid %d)", first_id + i, procs[-1].pid)
 
-    def forward(signum: int, _frame: object) -> None:
+    def forward(signum: int, _frame: FrameType | None) -> None:
         for p in procs:
             if p.poll() is None:
                 p.send_signal(signum)
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, forward)
-    return max(p.wait() for p in procs)
+    return max(exit_code(p.wait()) for p in procs)

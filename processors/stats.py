@@ -2,12 +2,14 @@
 
 The data-plane loop only increments ints and one histogram bucket per frame; Prometheus reads
 them at scrape time through a custom collector, so ``/metrics`` costs nothing per frame.
+:data:`STATUS_SCHEMA` sits here, next to the keys it names, so a renamed key fails the
+schema test instead of showing zero in the monitor's pipeline view.
 """
 
 from __future__ import annotations
 
 import bisect
-import threading
+import logging
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -21,6 +23,13 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from pvaflow.metrics import LATENCY_BUCKETS
+from pvaflow.status import StatusSchema
+
+log = logging.getLogger(__name__)
+
+STATUS_SCHEMA = StatusSchema(
+    "consumer", frames_in="received", frames_out="processed",
+    lost={"dlq": "dlq", "sequence_gaps": "sequence_gaps"}, extra=("errors", "outputs"))
 
 
 class Histogram:
@@ -86,7 +95,7 @@ class Stats:
 
     def __init__(self, plugin_stats: Callable[[], dict[str, Any]] = dict) -> None:
         self._plugin_stats = plugin_stats
-        self.lock = threading.Lock()
+        self.plugin_error: str | None = None
         self.reset()
         self.lag: dict[tuple[str, int], int] = {}
         self.producer_queue = 0
@@ -101,7 +110,6 @@ class Stats:
         self.errors = 0
         self.decode_errors = 0
         self.dlq = 0
-        self.delivery_errors = 0
         self.first_unique_id: int | None = None
         self.last_unique_id: int | None = None
         self.seq: dict[tuple[str, int], PartitionSeq] = {}
@@ -145,13 +153,25 @@ class Stats:
             self._rate_mark = (now, n)
         return self.rate
 
-    def snapshot(self) -> dict[str, Any]:
-        """The status dict (the monitor aggregates these keys)."""
-        elapsed = max(time.time() - self.started, 1e-9)
+    def plugin_stats(self) -> dict[str, Any] | None:
+        """The plugin's own stats, or None when its ``get_stats`` raised: a plugin's stats
+        must never break status publishing, but its author has to hear about it (once, the
+        status would repeat it every period)."""
         try:
-            plugin = dict(self._plugin_stats())
-        except Exception as exc:  # a plugin's stats must never break status publishing
-            plugin = {"error": f"{type(exc).__name__}: {exc}"}
+            return dict(self._plugin_stats())
+        except Exception as exc:
+            error = f"{type(exc).__name__}: {exc}"
+            if self.plugin_error is None:
+                log.warning("plugin get_stats() failed, its stats are left out: %s", error)
+            self.plugin_error = error
+            return None
+
+    def snapshot(self) -> dict[str, Any]:
+        """The status dict (:data:`STATUS_SCHEMA` says which keys the monitor reads)."""
+        elapsed = max(time.time() - self.started, 1e-9)
+        plugin = self.plugin_stats()
+        if plugin is None:
+            plugin = {"error": self.plugin_error}
         seqs = dict(self.seq)
         return {
             "received": self.received,
@@ -159,7 +179,6 @@ class Stats:
             "errors": self.errors,
             "decode_errors": self.decode_errors,
             "dlq": self.dlq,
-            "delivery_errors": self.delivery_errors,
             "outputs": self.outputs,
             "bytes_in": self.bytes_in,
             "bytes_out": self.bytes_out,

@@ -49,9 +49,6 @@ class OffsetTracker:
         q.append(rec)
         return rec
 
-    def in_flight(self) -> int:
-        return sum(len(q) for q in self._parts.values())
-
     def committable(self, only: set[tuple[str, int]] | None = None) -> list[TopicPartition]:
         """Offsets (next to read) that advanced since the last call; raises on a failure."""
         out = []

@@ -41,6 +41,7 @@ class Record:
     offset: int
     headers: dict[str, bytes]
     value: bytes
+    key: bytes | None = None
 
     @property
     def proc(self) -> str:
@@ -167,7 +168,7 @@ def read_topic(bootstrap: str, topic: str, *, count: int, timeout: float = 60.0,
                 key = m.key()
                 uid = int.from_bytes(key, "big") if key and len(key) == 8 else -1
                 out.append(Record(uid, cast(int, m.partition()), cast(int, m.offset()),
-                                  headers, m.value() or b""))
+                                  headers, m.value() or b"", key))
             finished = until(out) if until else len(out) >= count
             if finished and done_at is None:
                 done_at = time.monotonic()
@@ -176,6 +177,17 @@ def read_topic(bootstrap: str, topic: str, *, count: int, timeout: float = 60.0,
     finally:
         c.close()
     return out
+
+
+def read_exactly(bootstrap: str, topic: str, count: int, *, timeout: float = 90.0,
+                 settle: float = 2.0, read_committed: bool = False) -> list[Record]:
+    """Wait (up to ``timeout``) for ``count`` records, keep reading ``settle`` seconds for
+    extras, then fail unless there are exactly ``count``: a short or long topic is a failed
+    test, never a loop of assertions over fewer records than expected."""
+    got = read_topic(bootstrap, topic, count=count, timeout=timeout, settle=settle,
+                     read_committed=read_committed)
+    assert len(got) == count, f"{topic}: expected exactly {count} records, got {len(got)}"
+    return got
 
 
 def wait_for(cond: Callable[[], Any], timeout: float, what: str, every: float = 0.2) -> Any:

@@ -16,11 +16,11 @@ import numpy as np
 import pytest
 from confluent_kafka import Producer
 
-from pvaflow.codec import decode, encode
+from pvaflow.codec import decode
 from pvaflow.control import command_message
 from pvaflow.testing import make_frames
 
-from .conftest import HERE, Proc, feed, produce_raw, read_topic, wait_for
+from .conftest import HERE, Proc, feed, produce_raw, read_exactly, read_topic, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -40,8 +40,8 @@ def test_plugin_failures_go_to_the_dlq_and_processing_goes_on(
     c = consumer("--input-topic", src, "--output-topic", out, "--dlq-topic", dlq,
                  "--processor", "flaky_plugin:EveryTenthFails", "--runtime", "40",
                  "--report-period", "1", env={"PYTHONPATH": str(HERE)})
-    outputs = read_topic(kafka_bootstrap, out, count=90, timeout=60, settle=2)
-    dead = read_topic(kafka_bootstrap, dlq, count=11, timeout=30, settle=1)
+    outputs = read_exactly(kafka_bootstrap, out, 90)
+    dead = read_exactly(kafka_bootstrap, dlq, 11)
     c.stop()
     assert sorted(r.uid for r in outputs) == [i for i in range(1, 101) if i % 10]
     assert len(dead) == 11
@@ -70,7 +70,7 @@ def test_pvapy_user_data_processor_runs_unchanged(
     c = consumer("--input-topic", src, "--output-topic", out, "--processor-file",
                  str(HERE / "pvapy_rotate_plugin.py"), "--processor-class",
                  "HpcAdImageProcessor", "--runtime", "30", "--report-period", "1")
-    got = read_topic(kafka_bootstrap, out, count=20, timeout=60)
+    got = read_exactly(kafka_bootstrap, out, 20)
     c.stop()
     assert [r.uid for r in got] == list(range(1, 21))
     for f, r in zip(frames, got, strict=True):
@@ -86,7 +86,7 @@ def test_entry_point_plugin_from_an_installed_package(
     feed(kafka_bootstrap, src, frames)
     c = consumer("--input-topic", src, "--output-topic", out, "--processor", plugin_package,
                  "--processor-args", '{"factor": 3}', "--runtime", "30")
-    got = read_topic(kafka_bootstrap, out, count=10, timeout=60)
+    got = read_exactly(kafka_bootstrap, out, 10)
     c.stop()
     for f, r in zip(frames, got, strict=True):
         np.testing.assert_array_equal(_decode(r), (f.array.astype(np.int64) * 3)
@@ -109,9 +109,9 @@ def test_encrypt_decrypt_chain_is_bit_identical_and_tampering_is_rejected(
     d = consumer("--input-topic", enc, "--output-topic", dec, "--dlq-topic", dlq,
                  "--processor", "decrypt", "--runtime", "60", "--log-level", "debug",
                  env={"PVAFLOW_FRAME_KEY": KEY_HEX}, name="decryptor")
-    encrypted = read_topic(kafka_bootstrap, enc, count=40, timeout=60)
+    encrypted = read_exactly(kafka_bootstrap, enc, 40)
     assert all(r.headers["pf.codec"] == b"aes-gcm" for r in encrypted)
-    decrypted = read_topic(kafka_bootstrap, dec, count=40, timeout=60)
+    decrypted = read_exactly(kafka_bootstrap, dec, 40)
     assert [r.uid for r in decrypted] == list(range(1, 41))
     for f, r in zip(frames, decrypted, strict=True):
         assert "pf.codec" not in r.headers
@@ -123,7 +123,7 @@ def test_encrypt_decrypt_chain_is_bit_identical_and_tampering_is_rejected(
     value[40] ^= 0x80
     produce_raw(kafka_bootstrap, enc, bytes(value), bad.uid.to_bytes(8, "big"),
                 list(bad.headers.items()))
-    [rejected] = read_topic(kafka_bootstrap, dlq, count=1, timeout=30)
+    [rejected] = read_exactly(kafka_bootstrap, dlq, 1)
     assert rejected.uid == bad.uid
     assert b"failed authentication" in rejected.headers["pf.dlq.reason"]
     time.sleep(1)
@@ -184,14 +184,17 @@ def test_codec_encoded_output_keeps_key_as_unique_id(
         consumer: Callable[..., Proc]) -> None:
     """Outputs are keyed by uniqueId (8-byte big-endian) and say which consumer made them."""
     src, out = make_topic(), make_topic(suffix="out")
-    feed(kafka_bootstrap, src, make_frames(3, (2, 2)))
+    frames = make_frames(3, (2, 2))
+    feed(kafka_bootstrap, src, frames)
     c = consumer("--input-topic", src, "--output-topic", out, "--processor", "passthrough",
                  "--group", "gk", "--consumer-id", "4", "--runtime", "30")
-    got = read_topic(kafka_bootstrap, out, count=3, timeout=60)
+    got = read_exactly(kafka_bootstrap, out, 3)
     c.stop()
-    for r in got:
-        key, _value, _headers = encode(make_frames(1, (2, 2), first_id=r.uid)[0])
-        assert key == r.uid.to_bytes(8, "big") and r.proc == "gk/4"
+    assert [r.key for r in got] == [(1).to_bytes(8, "big"), (2).to_bytes(8, "big"),
+                                    (3).to_bytes(8, "big")]
+    assert [r.proc for r in got] == ["gk/4"] * 3
+    for f, r in zip(frames, got, strict=True):
+        np.testing.assert_array_equal(_decode(r), f.array)
 
 
 def test_prometheus_metrics_count_frames_and_latency(

@@ -1,19 +1,29 @@
-"""Runner building blocks without a broker: commit tracking, sequence checks, histogram,
-command bus, metrics exposition, DLQ headers, --n-consumers argument rewriting."""
+"""Consumer building blocks without a broker: commit tracking, sequence checks, histogram,
+command bus, metrics exposition, status schema, --n-consumers argument rewriting."""
 
 from __future__ import annotations
 
+import logging
 import threading
 from typing import Any
 
 import pytest
 from confluent_kafka import KafkaError
 from prometheus_client import CollectorRegistry, generate_latest
-from pvaflow.processors.spawn import child_argv
-from pvaflow.processors.stats import Histogram, PartitionSeq, Stats, StatsCollector
+from pvaflow.processors.runner import Runner, RunnerConfig
+from pvaflow.processors.spawn import child_argv, exit_code
+from pvaflow.processors.stats import (
+    STATUS_SCHEMA,
+    Histogram,
+    PartitionSeq,
+    Stats,
+    StatsCollector,
+)
 from pvaflow.processors.tracking import DeliveryFailed, OffsetTracker
 
 from pvaflow.control import CommandBus
+from pvaflow.errors import SchemaError
+from pvaflow.plugin import Processor
 
 
 def test_commit_waits_for_every_delivery_of_earlier_records() -> None:
@@ -28,7 +38,7 @@ def test_commit_waits_for_every_delivery_of_earlier_records() -> None:
     assert t.committable() == []  # b still has one output in flight; c must wait behind it
     b(None, None)
     assert [(tp.partition, tp.offset) for tp in t.committable()] == [(0, 13)]
-    assert t.committable() == [] and t.in_flight() == 0 and other.left == 0 and c.left == 0
+    assert t.committable() == [] and other.left == 0 and c.left == 0
 
 
 def test_failed_delivery_blocks_commit_and_raises() -> None:
@@ -84,11 +94,32 @@ def test_snapshot_has_the_keys_the_monitor_aggregates() -> None:
     assert snap["plugin"] == {"x": 1}
 
 
-def test_broken_plugin_stats_do_not_break_the_snapshot() -> None:
+def test_broken_plugin_stats_do_not_break_the_snapshot_and_are_logged_once(
+        caplog: pytest.LogCaptureFixture) -> None:
     def boom() -> dict[str, Any]:
         raise RuntimeError("nope")
 
-    assert "nope" in Stats(boom).snapshot()["plugin"]["error"]
+    s = Stats(boom)
+    with caplog.at_level(logging.WARNING, "pvaflow.processors.stats"):
+        for _ in range(3):
+            assert s.snapshot()["plugin"] == {"error": "RuntimeError: nope"}
+    assert [r.getMessage() for r in caplog.records] == [
+        "plugin get_stats() failed, its stats are left out: RuntimeError: nope"]
+
+
+def test_status_schema_matches_the_real_snapshot() -> None:
+    STATUS_SCHEMA.check(Stats().snapshot())
+    runner = Runner(Processor(), RunnerConfig("frames", "g", consumer_id=3))  # no I/O
+    assert runner.schema is STATUS_SCHEMA and str(runner.identity) == "consumer/g/3"
+    STATUS_SCHEMA.check(runner.stats())
+
+
+@pytest.mark.parametrize("key", sorted(STATUS_SCHEMA.keys()))
+def test_status_schema_fails_on_a_renamed_stats_key(key: str) -> None:
+    snap = Stats().snapshot()
+    snap[f"{key}_renamed"] = snap.pop(key)
+    with pytest.raises(SchemaError, match=key):
+        STATUS_SCHEMA.check(snap)
 
 
 def test_metrics_exposition_names_and_labels() -> None:
@@ -142,3 +173,10 @@ def test_child_argv_rewrites_ids_and_ports() -> None:
     assert child_argv(argv, 5, 9001) == ["--input-topic", "f", "--group", "g", "--n-consumers",
                                          "1", "--consumer-id", "5", "--metrics-port", "9001"]
     assert "--metrics-port" not in child_argv(argv, 5, None)
+    short = ["-it", "f", "-nc", "3", "-id=4", "-g", "g"]
+    assert child_argv(short, 6, None) == ["-it", "f", "-g", "g", "--n-consumers", "1",
+                                          "--consumer-id", "6"]
+
+
+def test_a_child_killed_by_a_signal_is_a_failure() -> None:
+    assert [exit_code(c) for c in (0, 1, 3, -9, -15)] == [0, 1, 3, 137, 143]
