@@ -101,6 +101,7 @@ class Runner:
         self._consumer: Consumer | None = None
         self._producer: Producer | None = None
         self._sender: Sender | None = None
+        self._joined = False
 
     # -- the clients (made in start) ------------------------------------------------------
 
@@ -436,6 +437,7 @@ class Runner:
 
     def _on_assign(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
         log.info("consumer %s assigned %s", self.cfg.name, _fmt(partitions))
+        self._joined = True  # a member with no partition (more members than partitions) too
         for tp in partitions:
             self.counters.forget_partition(tp.topic, tp.partition)
 
@@ -482,6 +484,10 @@ class Runner:
             self.channels.update_status(snap)
         snap["final"] = final
         return pprint.pformat(snap, sort_dicts=False)
+
+    def ready(self) -> str | None:
+        """Ready once the group has taken this member in (it holds its share, maybe none)."""
+        return None if self._joined else f"joining group {self.cfg.group}"
 
     def metrics(self) -> Collector:
         return StatsCollector(self.counters, {
