@@ -91,6 +91,9 @@ class Health:
         self.auth_failed: str | None = None
         self._next_probe = 0.0
         self._logged: dict[int, float] = {}
+        # While a caller turns the outcome into its own one line (the start check), the
+        # causes it will name are not logged as well.
+        self.quiet = False
 
     def on_error(self, err: KafkaError) -> None:
         """librdkafka's ``error_cb`` for every client (runs on librdkafka's threads)."""
@@ -105,7 +108,8 @@ class Health:
                     self.down_since = self._clock()
                     self._next_probe = self._clock() + PROBE_INTERVAL
         now = self._clock()
-        if now - self._logged.get(code, -1e9) > 60.0:  # the same cause once a minute at most
+        # The same cause once a minute at most.
+        if not self.quiet and now - self._logged.get(code, -1e9) > 60.0:
             self._logged[code] = now
             level = logging.DEBUG if code == KafkaError._TRANSPORT else logging.WARNING
             log.log(level, "Kafka: %s", err.str())
@@ -234,6 +238,13 @@ class Kafka:
         ``timeout`` seconds; a failed authentication ends the wait at once."""
         admin = self._admin_for_probe()
         deadline = time.monotonic() + timeout
+        self.health.quiet = True
+        try:
+            self._wait_reachable(admin, deadline)
+        finally:
+            self.health.quiet = False
+
+    def _wait_reachable(self, admin: AdminClient, deadline: float) -> None:
         while True:
             left = deadline - time.monotonic()
             try:
