@@ -3,6 +3,7 @@ exit code that says why (2: the command line or a setting, 3: Kafka unreachable 
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import time
 import uuid
@@ -12,7 +13,7 @@ import pytest
 
 from pvaflow.process import free_port
 
-from .helpers import BIN, produce_frames, read_records
+from .helpers import BIN, produce_frames, read_records, wait_for
 
 COLLECTOR = str(BIN / "pvaflow-collector")
 
@@ -93,3 +94,31 @@ def test_broker_gone_for_good_mid_run_ends_with_one_line_and_exit_3(
     assert "Traceback" not in text
     assert elapsed >= 8, elapsed  # not before the bounded retry
     assert lines(text)[-1] == errors[0], text  # the last word, after any warning
+
+
+def test_stop_while_the_broker_is_down_exits_promptly(private_broker, tmp_path: Path) -> None:
+    """A stop during an outage must not wait on commits, flushes or a full buffer."""
+    b = private_broker()
+    bootstrap = b.bootstrap
+    argv = private_topics()
+    inp, out = argv[1], argv[3]
+    produce_frames(bootstrap, inp, range(1, 11))
+    stderr = tmp_path / "err.log"
+    with open(tmp_path / "out.log", "wb") as o, open(stderr, "wb") as e:
+        proc = subprocess.Popen([COLLECTOR, *argv, "-b", bootstrap, "--kafka-timeout", "300",
+                                 "--max-delay", "1"], stdout=o, stderr=e)
+    try:
+        assert len(read_records(bootstrap, out, lambda r: len(r) >= 10, 60)) == 10
+        b.stop()
+        wait_for(lambda: "brokers are down" in stderr.read_text(), 60, "the outage noticed")
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(60)
+        elapsed = time.monotonic() - t0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    text = stderr.read_text()
+    assert code == 0 and "Traceback" not in text, text
+    assert elapsed < 20, elapsed
