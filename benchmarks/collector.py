@@ -18,7 +18,6 @@ import logging
 import statistics
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from typing import Any
@@ -82,30 +81,34 @@ def collector(bootstrap: str, topic: str, n: int, output: str | None) -> dict[st
     from pvaflow.collectors.runner import Collector, CollectorConfig
 
     from benchmarks.report import rss_mib
+    from pvaflow.component import Context
+    from pvaflow.kafka.client import Kafka
     from pvaflow.memory import release_large_frees
 
     release_large_frees()  # as pvaflow-collector does at start
     rss0 = rss_mib("VmRSS")
     tag = uuid.uuid4().hex[:6]
-    cfg = CollectorConfig([topic], group=f"bench-col-{tag}", bootstrap=bootstrap,
-                          output_topic=output, cache_size=CACHE, max_delay=30,
-                          state_topic=f"bench-state-{tag}")
-    col = Collector(cfg, control=False)
-    th = threading.Thread(target=col.run)
-    th.start()
+    cfg = CollectorConfig([topic], group=f"bench-col-{tag}", output_topic=output,
+                          cache_size=CACHE, max_delay=30, state_topic=f"bench-state-{tag}")
+    col = Collector(cfg)
+    # The component driven step by step, as run_component does (without control, metrics or
+    # signals), so the end condition is checked between steps instead of by a second thread.
+    col.start(Context(Kafka(bootstrap)))
     s, t0 = col.reorder.stats, 0.0
     deadline = time.monotonic() + 600
-    # Every frame read and the cache empty: emitted + late = n (late ones are counted, not out).
-    while s.received < n or col.reorder.depth:
-        if time.monotonic() > deadline:
-            raise SystemExit(f"collector stalled: {s}")
-        if not t0 and s.received:
-            t0 = time.perf_counter()
-        time.sleep(0.002)
-        s = col.reorder.stats
-    dt = time.perf_counter() - t0
-    col.stop()
-    th.join()
+    try:
+        # Every frame read and the cache empty: emitted + late = n (late ones are counted,
+        # not out).
+        while s.received < n or col.reorder.depth:
+            if time.monotonic() > deadline:
+                raise SystemExit(f"collector stalled: {s}")
+            col.step()
+            s = col.reorder.stats
+            if not t0 and s.received:
+                t0 = time.perf_counter()
+        dt = time.perf_counter() - t0
+    finally:
+        col.close()
     return {"fps": n / dt, "seconds": dt, "peak_cache": s.peak_cache_depth, "missed": s.missed,
             "late": s.late, "pauses": col.pauses, "rss_mib": rss_mib("VmHWM"),
             "rss_before_mib": rss0}

@@ -75,25 +75,27 @@ def _set_attr(attrs: Any, name: str, value: Any) -> None:
 
 
 class PvaOutput:
-    """Serves ordered frames as an NTNDArray channel (what PvaPy's collector output was)."""
+    """Serves ordered frames as an NTNDArray channel (what PvaPy's collector output was).
+
+    The server starts with the first frame, so a collector that cannot reach Kafka never
+    opened a PVA server."""
 
     def __init__(self, channel: str) -> None:
-        import pvaccess as pva
-
-        from pvaflow.ntnda import ntnda_from_frame
-
-        self._convert = ntnda_from_frame
         self.channel = channel
-        self.server = pva.PvaServer()
-        self._added = False
+        self.server: Any = None
 
     def write(self, frame: Frame) -> None:
-        nt = self._convert(frame)
-        if not self._added:
+        from pvaflow.ntnda import ntnda_from_frame
+
+        nt = ntnda_from_frame(frame)
+        if self.server is None:
+            import pvaccess as pva
+
+            self.server = pva.PvaServer()
             self.server.addRecord(self.channel, nt)
-            self._added = True
         else:
             self.server.update(self.channel, nt)
 
     def close(self) -> None:
-        self.server.stop()
+        if self.server is not None:
+            self.server.stop()

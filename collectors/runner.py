@@ -1,27 +1,35 @@
 """The collector: consume processed frames, reorder by uniqueId, emit exactly once.
 
-Every ``commit_interval`` the emitted frames, the reorder state and the input offsets are
-committed in one Kafka transaction (consume-transform-produce). Cached frames are not committed,
-so after a crash they are read again; already emitted ones that come back are recognised as
-replays (below the saved consumed position) and dropped silently.
+Every ``commit_interval`` the emitted frames, the dead letters, the reorder state and the input
+offsets are committed in one Kafka transaction (consume-transform-produce). Cached frames are
+not committed, so after a crash they are read again; already emitted ones that come back are
+recognised as replays (below the saved consumed position) and dropped silently.
+
+A :class:`Collector` is a :class:`pvaflow.component.Component`: the lifecycle owns the loop,
+signals, runtime, control and metrics serving, so commands (``configure``, ``reset_stats``)
+run on the same thread as the plugin and need no lock.
 """
 
 from __future__ import annotations
 
+import json
 import logging
-import threading
 import time
 from collections import Counter
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, cast
 
 import numpy as np
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+from prometheus_client.registry import Collector as PromCollector
 
 from pvaflow import codec
-from pvaflow.control import CONTROL_TOPIC, STATUS_TOPIC, ComponentId, ControlAgent
-from pvaflow.kafka.settings import consumer_config, producer_config
+from pvaflow.component import Context
+from pvaflow.control import ComponentId
+from pvaflow.dlq import dlq_headers
+from pvaflow.errors import FrameError
+from pvaflow.kafka.produce import Sender
 from pvaflow.kafka.topics import ensure_topic
 from pvaflow.metrics import consumer_lag
 from pvaflow.plugin import Processor, outputs
@@ -29,6 +37,7 @@ from pvaflow.plugin import Processor, outputs
 from .outputs import Output
 from .reorder import Reorderer
 from .state import STATE_TOPIC, TP, SavedState, committable, ensure_state_topic, load_state
+from .stats import STATUS_SCHEMA, CollectorMetrics
 
 log = logging.getLogger(__name__)
 
@@ -40,62 +49,72 @@ class CollectorConfig:
     input_topics: list[str]
     group: str = "pvaflow-collector"
     collector_id: str = "1"
-    bootstrap: str | None = None
-    overrides: list[tuple[str, str]] = field(default_factory=list)
     output_topic: str | None = None
     late_topic: str | None = None
+    dlq_topic: str | None = None
     state_topic: str = STATE_TOPIC
     cache_size: int = 1000
     max_delay: float = 5.0
     commit_interval: float = 0.2
-    report_period: float = 10.0
-    runtime: float = 0.0
-    control_topic: str = CONTROL_TOPIC
-    status_topic: str = STATUS_TOPIC
 
 
 class Collector:
+    """The collector stage; ``start`` does all the I/O, ``step`` one poll's worth of work."""
+
+    schema = STATUS_SCHEMA
+    # Made by start(): a collector that was never started has no clients.
+    producer: Producer
+    consumer: Consumer
+    sender: Sender
+
     def __init__(
         self,
         cfg: CollectorConfig,
         *,
         plugin: Processor | None = None,
         sinks: Iterable[Output] = (),
-        control: bool = True,
     ) -> None:
         self.cfg = cfg
         self.plugin = plugin
         self.sinks = list(sinks)
-        self.component = ComponentId("collector", cfg.group, cfg.collector_id)
-        self._lock = threading.Lock()  # plugin calls: main thread vs control thread
-        self._stop = threading.Event()
-        self.errors = 0
+        self.identity = ComponentId("collector", cfg.group, cfg.collector_id)
+        self._ctx: Context | None = None
+        self.errors = 0  # records dead-lettered, or dropped when there is no DLQ
+        self.dlq = 0
+        # Records read but never in the reorder (no uniqueId), and frames released by it that
+        # failed on the way out: so that received = emitted + lost holds in the stats.
+        self.unreadable = 0
+        self.failed_out = 0
         self.replayed = 0
         self.pauses = 0  # flow-control pauses (each refetches what was prefetched)
         self.lag = 0
         self._rate_mark = (time.monotonic(), 0)
         self._dirty = False
+        # Set when a step failed (the open transaction may lack records that left the cache:
+        # it must not be committed) and when closing (a revoke must not commit again).
+        self._failed = False
+        self._closing = False
+        self._next_commit = 0.0
         self._last_uid: dict[TP, int] = {}
         self._paused: set[TP] = set()
         self._assigned: set[TP] = set()
         self._missed_logged = 0
         self._at_end: set[TP] = set()  # partitions read to their end (nothing more for now)
-        for topic in filter(None, (cfg.output_topic, cfg.late_topic)):
-            ensure_topic(topic, 1, bootstrap=cfg.bootstrap, overrides=cfg.overrides,
-                         strict=False)
-        ensure_state_topic(cfg.state_topic, cfg.bootstrap, cfg.overrides)
-        self.producer = Producer(producer_config(
-            cfg.bootstrap, cfg.overrides,
-            **{"transactional.id": f"pvaflow-collector.{cfg.group}.{cfg.collector_id}",
-               "linger.ms": 5, "transaction.timeout.ms": 60_000, "message.timeout.ms": 60_000},
-        ))
-        self.producer.init_transactions(30)  # fences and aborts a crashed predecessor
-        self.saved = load_state(cfg.state_topic, cfg.group, cfg.bootstrap, cfg.overrides)
-        self.reorder: Reorderer[Message] = Reorderer(
-            cfg.cache_size, cfg.max_delay, state=self.saved.reorder)
+        self.saved = SavedState()
+        self.reorder: Reorderer[Message] = Reorderer(cfg.cache_size, cfg.max_delay)
         self._cached: Counter[TP] = Counter()  # records per partition in the reorder cache
-        conf = consumer_config(
-            cfg.group, cfg.bootstrap, cfg.overrides,
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def start(self, ctx: Context) -> None:
+        cfg, kafka = self.cfg, ctx.kafka
+        self._ctx = ctx
+        # Clients first: a setting librdkafka refuses is reported before anything is created.
+        self.producer = kafka.producer(kafka.producer_config(
+            **{"transactional.id": f"pvaflow-collector.{cfg.group}.{cfg.collector_id}",
+               "linger.ms": 5, "transaction.timeout.ms": 60_000, "message.timeout.ms": 60_000}))
+        conf = kafka.consumer_config(
+            cfg.group,
             **{"group.instance.id": f"collector-{cfg.collector_id}",
                "isolation.level": "read_committed", "statistics.interval.ms": 1000,
                "enable.partition.eof": True,
@@ -104,106 +123,145 @@ class Collector:
                # (a larger record is still returned whole; -X overrides this as usual).
                "max.partition.fetch.bytes": FETCH_PER_PARTITION},
         )
-        self.consumer = Consumer({**conf, "stats_cb": self._on_stats})
-        self.agent = ControlAgent(
-            self.component, handler=self.handle, stats=self.stats, bootstrap=cfg.bootstrap,
-            overrides=cfg.overrides, control_topic=cfg.control_topic,
-            status_topic=cfg.status_topic, report_period=cfg.report_period,
-        ) if control else None
-        log.info("collector %s resumes after uniqueId %s", self.component,
+        self.consumer = kafka.consumer(cfg.group, {**conf, "stats_cb": self._on_stats})
+        # Waits as long as it takes for room (the input is a durable log), but not past a
+        # stop or a cluster lost for good.
+        self.sender = ctx.sender(self.producer, on_full="fail")
+        admin = kafka.admin()
+        for topic in filter(None, (cfg.output_topic, cfg.late_topic, cfg.dlq_topic)):
+            ensure_topic(topic, 1, admin=admin, strict=False)
+        ensure_state_topic(cfg.state_topic, admin)
+        self.producer.init_transactions(30)  # fences and aborts a crashed predecessor
+        self.saved = load_state(cfg.state_topic, cfg.group, kafka)
+        self.reorder = Reorderer(cfg.cache_size, cfg.max_delay, state=self.saved.reorder)
+        log.info("collector %s resumes after uniqueId %s", self.identity,
                  self.reorder.last_emitted)
-
-    # -- control ---------------------------------------------------------------------------
-
-    def stats(self) -> dict[str, Any]:
-        s = self.reorder.stats
-        now = time.monotonic()
-        t0, n0 = self._rate_mark
-        self._rate_mark = (now, s.emitted)
-        out: dict[str, Any] = {
-            "received": s.received, "emitted": s.emitted, "missed": s.missed, "late": s.late,
-            "duplicates": s.duplicates, "cache_depth": self.reorder.depth,
-            "peak_cache_depth": s.peak_cache_depth,
-            "last_emitted_unique_id": self.reorder.last_emitted,
-            "lag": self.lag, "errors": self.errors, "replayed": self.replayed,
-            "pauses": self.pauses,
-            "rate": round((s.emitted - n0) / (now - t0), 3) if now > t0 and s.emitted >= n0 else 0,
-        }
-        if self.plugin is not None:
-            out["plugin"] = self.plugin.get_stats()
-        return out
-
-    def handle(self, command: str, args: dict[str, Any]) -> Mapping[str, Any] | None:
-        if command == "configure":
-            if "collector_cache_size" in args:
-                self.reorder.cache_size = max(1, int(args.pop("collector_cache_size")))
-            if "max_delay" in args:
-                self.reorder.max_delay = max(0.0, float(args.pop("max_delay")))
-            if args:
-                if self.plugin is None:
-                    raise ValueError(f"no collector plugin to configure with {sorted(args)}")
-                with self._lock:
-                    self.plugin.configure(args)
-            return {"collector_cache_size": self.reorder.cache_size,
-                    "max_delay": self.reorder.max_delay}
-        if command == "reset_stats":
-            self.reorder.reset_stats()
-            self.errors = self.replayed = self.pauses = 0
-            if self.plugin is not None:
-                with self._lock:
-                    self.plugin.reset_stats()
-            return None
-        if command == "get_stats":
-            return self.stats()
-        if command == "stop":
-            self._stop.set()
-            return None
-        raise ValueError(f"unknown command {command!r}")
-
-    def stop(self) -> None:
-        self._stop.set()
-
-    # -- main loop -------------------------------------------------------------------------
-
-    def run(self) -> int:
-        cfg = self.cfg
-        deadline = time.monotonic() + cfg.runtime if cfg.runtime > 0 else float("inf")
         if self.plugin is not None:
             self.plugin.start()
         self.consumer.subscribe(cfg.input_topics, on_assign=self._on_assign,
                                 on_revoke=self._on_revoke, on_lost=self._on_lost)
         self.producer.begin_transaction()
-        next_commit = time.monotonic() + cfg.commit_interval
+        self._next_commit = time.monotonic() + cfg.commit_interval
+
+    def step(self) -> None:
         try:
-            while not self._stop.is_set() and time.monotonic() < deadline:
-                # Batches of a quarter share let _balance pause a partition before it
-                # overshoots its share by more than that. Larger polls cost pauses: up to half
-                # the free cache lost ids in a backlog through a 200-frame cache, and polls
-                # sized by the partitions' room under their shares paused ~750 times per
-                # 200,000 benchmark frames (against ~22) and ran slower.
-                quarter = self.reorder.cache_size // (4 * max(1, len(self._assigned)))
-                msgs = self.consumer.consume(max(1, min(500, quarter)), 0.05)
-                if msgs:
-                    self._on_messages(msgs)
-                self._emit(self.reorder.release())
-                self._balance()
-                if time.monotonic() >= next_commit:
-                    self._commit()
-                    next_commit = time.monotonic() + cfg.commit_interval
-            self._commit()
+            # Batches of a quarter share let _balance pause a partition before it overshoots
+            # its share by more than that. Larger polls cost pauses: up to half the free cache
+            # lost ids in a backlog through a 200-frame cache, and polls sized by the
+            # partitions' room under their shares paused ~750 times per 200,000 benchmark
+            # frames (against ~22) and ran slower.
+            quarter = self.reorder.cache_size // (4 * max(1, len(self._assigned)))
+            msgs = self.consumer.consume(max(1, min(500, quarter)), 0.05)
+            if msgs:
+                self._on_messages(msgs)
+            self._emit(self.reorder.release())
+            self._balance()
+            # While no broker answers a commit would only block; the transaction stays open
+            # until the cluster is back or the lifecycle gives up on it.
+            if time.monotonic() >= self._next_commit and self._reachable():
+                self._commit()
+                self._next_commit = time.monotonic() + self.cfg.commit_interval
+        except BaseException:
+            self._failed = True
+            raise
+
+    def close(self) -> int:
+        """Commit what was emitted (unless the run failed: then the next instance aborts the
+        open transaction and resumes from the last commit), then release everything."""
+        try:
+            if not self._failed and self._reachable():
+                self._commit()
+        except BaseException:
+            self._failed = True
+            raise
         finally:
-            self.close()
+            self._release()
         return 0
 
-    def close(self) -> None:
-        if self.agent is not None:
-            self.agent.close()
+    def _release(self) -> None:
+        self._closing = True
         if self.plugin is not None:
             self.plugin.stop()
         for sink in self.sinks:
             sink.close()
-        self.consumer.close()
-        self.producer.flush(10)
+        consumer: Consumer | None = getattr(self, "consumer", None)
+        if consumer is not None:
+            consumer.close()
+        producer: Producer | None = getattr(self, "producer", None)
+        if producer is not None:
+            if self._failed and self._reachable():
+                try:
+                    producer.abort_transaction(10)
+                except KafkaException as exc:
+                    log.debug("abort at close: %s", exc)
+            producer.flush(10 if self._reachable() else 1)
+
+    def ready(self) -> str | None:
+        if not self._assigned:
+            return f"no partition of {', '.join(self.cfg.input_topics)} assigned yet"
+        return None
+
+    def _reachable(self) -> bool:
+        return self._ctx is None or self._ctx.kafka.health.reachable
+
+    def metrics(self) -> PromCollector:
+        return CollectorMetrics(self)
+
+    def report(self, final: bool = False) -> str:
+        if final:
+            return f"final stats: {json.dumps(self.stats())}"
+        c = self.counts()
+        return (f"collector {self.identity}: received {c['received']} emitted {c['emitted']} "
+                f"missed {c['missed']} late {c['late']} duplicates {c['duplicates']} dlq "
+                f"{c['dlq']} cache {self.reorder.depth}/{self.reorder.cache_size} last "
+                f"uniqueId {self.reorder.last_emitted}")
+
+    # -- control ---------------------------------------------------------------------------
+
+    def counts(self) -> dict[str, int]:
+        """The frame counters, shared by the status and the Prometheus view."""
+        s = self.reorder.stats
+        return {"received": s.received + self.unreadable, "emitted": s.emitted - self.failed_out,
+                "missed": s.missed, "late": s.late, "duplicates": s.duplicates,
+                "dlq": self.dlq, "errors": self.errors}
+
+    def stats(self) -> dict[str, Any]:
+        counts = self.counts()
+        emitted = counts["emitted"]
+        now = time.monotonic()
+        t0, n0 = self._rate_mark
+        self._rate_mark = (now, emitted)
+        out: dict[str, Any] = {
+            **counts, "cache_depth": self.reorder.depth,
+            "peak_cache_depth": self.reorder.stats.peak_cache_depth,
+            "last_emitted_unique_id": self.reorder.last_emitted,
+            "lag": self.lag, "replayed": self.replayed, "pauses": self.pauses,
+            "rate": round((emitted - n0) / (now - t0), 3) if now > t0 and emitted >= n0 else 0,
+        }
+        if self.plugin is not None:
+            out["plugin"] = self.plugin.get_stats()
+        return out
+
+    def configure(self, args: dict[str, Any]) -> Mapping[str, Any] | None:
+        if "collector_cache_size" in args:
+            self.reorder.cache_size = max(1, int(args.pop("collector_cache_size")))
+        if "max_delay" in args:
+            self.reorder.max_delay = max(0.0, float(args.pop("max_delay")))
+        if args:
+            if self.plugin is None:
+                raise ValueError(f"no collector plugin to configure with {sorted(args)}")
+            self.plugin.configure(args)
+        return {"collector_cache_size": self.reorder.cache_size,
+                "max_delay": self.reorder.max_delay}
+
+    def reset_stats(self) -> None:
+        self.reorder.reset_stats()
+        self.errors = self.replayed = self.pauses = self.dlq = 0
+        self.unreadable = self.failed_out = 0
+        if self.plugin is not None:
+            self.plugin.reset_stats()
+
+    # -- the work --------------------------------------------------------------------------
 
     def _on_messages(self, msgs: list[Message]) -> None:
         """One poll's records into the reorder cache.
@@ -236,7 +294,7 @@ class Collector:
             self._uncount([m for _fate, _uid, m in rejected])
             for fate, _uid, msg in rejected:
                 if fate == "late" and self.cfg.late_topic:
-                    self._produce(self.cfg.late_topic, msg.value(), msg.key(), msg.headers())
+                    self._send(self.cfg.late_topic, msg.value(), msg.key(), msg.headers())
         if out:
             self._emit(out)
 
@@ -256,7 +314,7 @@ class Collector:
         return records
 
     def _uids_one_by_one(self, msgs: list[Message]) -> tuple[list[Message], list[int]]:
-        """UniqueIds of records whose key is not one: from the header, or counted as errors."""
+        """UniqueIds of records whose key is not one: from the header, or dead letters."""
         kept, uids = [], []
         for msg in msgs:
             key = msg.key()
@@ -264,8 +322,10 @@ class Collector:
                 uids.append(int.from_bytes(key, "big") if key is not None and len(key) == 8
                             else int(codec.header(msg.headers(), "pf.uid") or b""))
                 kept.append(msg)
-            except (ValueError, codec.FrameError):
-                self.errors += 1
+            except (ValueError, FrameError):
+                self.unreadable += 1
+                self._dead_letter(msg, "decode", FrameError("no uniqueId in the key or the "
+                                                            "pf.uid header"))
         return kept, uids
 
     def _drop_replays(
@@ -303,40 +363,52 @@ class Collector:
         for _uid, msg in items:
             if self.plugin is None and not self.sinks:
                 if topic:
-                    self._produce(topic, msg.value(), msg.key(), msg.headers())
+                    self._send(topic, msg.value(), msg.key(), msg.headers())
                 continue
             try:
                 frame = codec.decode(msg.key(), msg.value(), msg.headers())
-                if self.plugin is not None:
-                    with self._lock:
-                        frames = outputs(self.plugin.process(frame))
-                else:
-                    frames = [frame]
             except Exception as exc:
-                self.errors += 1
-                log.warning("frame %s not emitted: %s", _uid, exc)
+                self.failed_out += 1
+                self._dead_letter(msg, "decode", exc)
                 continue
+            if self.plugin is not None:
+                try:
+                    frames = outputs(self.plugin.process(frame))
+                except Exception as exc:
+                    self.failed_out += 1
+                    self._dead_letter(msg, "process", exc)
+                    continue
+            else:
+                frames = [frame]
             for f in frames:
                 if topic:
-                    self._retry(lambda f=f: codec.produce(self.producer, topic, f, partition=0))
+                    key, value, headers = codec.encode(f)
+                    self._send(topic, value, key, headers)
                 for sink in self.sinks:
                     sink.write(f)
 
-    def _produce(self, topic: str, value: Any, key: Any, headers: Any) -> None:
-        self._retry(lambda: self.producer.produce(
-            topic, value, key, partition=0, headers=headers))
+    def _send(self, topic: str, value: Any, key: Any, headers: Any,
+              partition: int | None = 0) -> None:
+        """Into the open transaction; a full buffer waits (BufferFull only on stop or a
+        cluster lost for good, and then the transaction is not committed)."""
+        self.sender.send(topic, value, key, partition=partition, headers=headers)
 
-    def _retry(self, fn: Any) -> None:
-        while True:
-            try:
-                fn()
-                return
-            except BufferError:
-                self.producer.poll(0.05)
+    def _dead_letter(self, msg: Message, stage: str, exc: BaseException) -> None:
+        """The original record to the DLQ, in the same transaction as the outputs, so a frame
+        that failed is neither lost silently nor dead-lettered twice after a restart."""
+        self.errors += 1
+        reason = getattr(exc, "reason", None) or f"{type(exc).__name__}: {exc}"
+        log.warning("collector %s: %s[%s]@%s -> %s (%s): %s", self.identity, msg.topic(),
+                    msg.partition(), msg.offset(), self.cfg.dlq_topic or "dropped", stage,
+                    reason)
+        if self.cfg.dlq_topic:
+            self._send(self.cfg.dlq_topic, msg.value(), msg.key(),
+                       dlq_headers(msg, stage, exc, str(self.identity)), partition=None)
+            self.dlq += 1
 
     def _commit(self) -> None:
         """Outputs, state and offsets in one transaction; then open the next one."""
-        if not self._dirty:
+        if not self._dirty or self._failed or self._closing:
             return
         # The consumer's own position (next offset per partition, where nothing was consumed
         # yet a negative placeholder) instead of tracking every record's offset here.
@@ -347,8 +419,7 @@ class Collector:
         offsets = cast(list[int], [m.offset() for m in cached])
         positions = committable(consumed, zip(_partitions(cached), offsets, strict=True))
         state = SavedState(self.reorder.state, consumed)
-        self.producer.produce(self.cfg.state_topic, state.encode(), self.cfg.group.encode(),
-                              partition=0)
+        self._send(self.cfg.state_topic, state.encode(), self.cfg.group.encode(), None)
         if positions:
             self.producer.send_offsets_to_transaction(
                 [TopicPartition(t, p, o) for (t, p), o in positions.items()],

@@ -14,8 +14,11 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from confluent_kafka import KafkaException
+from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka.admin import AdminClient
 
+from pvaflow.errors import KafkaFailure
+from pvaflow.kafka.client import Kafka
 from pvaflow.kafka.topics import ensure_topic, read_partition
 
 from .reorder import ReorderState
@@ -47,24 +50,34 @@ class SavedState:
         )
 
 
-def ensure_state_topic(name: str, bootstrap: str | None, overrides: Any) -> None:
-    ensure_topic(name, 1, bootstrap=bootstrap, overrides=overrides, strict=False,
-                 config={"cleanup.policy": "compact"})
+class StateError(KafkaFailure):
+    """The saved state could not be read: starting without it would emit ids twice."""
 
 
-def load_state(
-    topic: str, key: str, bootstrap: str | None, overrides: Any, timeout: float = 15.0
-) -> SavedState:
+def ensure_state_topic(name: str, admin: AdminClient) -> None:
+    ensure_topic(name, 1, admin=admin, strict=False, config={"cleanup.policy": "compact"})
+
+
+def load_state(topic: str, key: str, kafka: Kafka, timeout: float = 15.0) -> SavedState:
     """The last committed state for ``key`` (read_committed, to the end of the topic)."""
+    hint = "check the broker and that this principal may read the topic"
     try:
         records, complete = read_partition(
-            topic, bootstrap, overrides, read_committed=True, timeout=timeout)
+            topic, kafka.bootstrap, kafka.overrides, read_committed=True, timeout=timeout)
     except KafkaException as exc:
-        raise RuntimeError(f"cannot read collector state from {topic}: {exc}") from exc
+        err = exc.args[0] if exc.args else exc
+        text = err.str() if isinstance(err, KafkaError) else str(err)
+        raise StateError(f"cannot read collector state from {topic}: {text}",
+                         hint=hint) from None
     if not complete:
-        raise RuntimeError(f"timed out reading collector state from {topic}")
+        raise StateError(f"timed out after {timeout:g} s reading collector state from {topic}",
+                         hint=hint)
     found = [v for k, v in records if k == key.encode()]
-    return SavedState.decode(found[-1]) if found and found[-1] else SavedState()
+    try:
+        return SavedState.decode(found[-1]) if found and found[-1] else SavedState()
+    except (ValueError, TypeError, KeyError) as exc:
+        raise StateError(f"unreadable collector state for group {key!r} in {topic}: {exc}",
+                         hint="use another --state-topic or --group to start afresh") from None
 
 
 def committable(consumed: Mapping[TP, int], held: Iterable[tuple[TP, int]]) -> dict[TP, int]:

@@ -22,6 +22,7 @@ from pvaflow.frame import Frame
 
 BIN = Path(sys.executable).parent
 PLUGIN = str(Path(__file__).with_name("jitter_plugin.py"))
+FAILING = str(Path(__file__).with_name("failing_plugin.py"))
 
 
 def produce_frames(bootstrap: str, topic: str, ids: Iterable[int], partitions: int = 1,

@@ -10,7 +10,9 @@ import time
 
 import pytest
 
-from .helpers import PLUGIN, ids_of, produce_frames, read_records, wait_for
+from pvaflow import codec
+
+from .helpers import FAILING, PLUGIN, ids_of, produce_frames, read_records, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -139,3 +141,31 @@ def test_backlog_in_8_partitions_through_a_small_cache_loses_nothing(
     assert (s["missed"], s["late"]) == (0, 0)
     assert got == list(range(1, n + 1))
     assert s["peak_cache_depth"] <= 200 + 1
+
+
+def test_frames_a_collector_plugin_fails_on_go_to_the_dlq_with_their_reason(
+        kafka_bootstrap, make_topic, procs, ctl):
+    """The failing frames are dead letters (original record + reason, in the same transactions
+    as the output); the others are emitted in order."""
+    processed, ordered, dlq = make_topic(2), make_topic(1), make_topic(1)
+    n = 40
+    produce_frames(kafka_bootstrap, processed, range(1, n + 1), partitions=2)
+    col = collector(procs, kafka_bootstrap, processed, ordered, f"g-{ordered}", ctl,
+                    "--max-delay", "2", "--dlq-topic", dlq, "-pf", FAILING, "-pc", "FailEvery",
+                    "-pa", '{"every": 5}')
+    good = [i for i in range(1, n + 1) if i % 5]
+    got = ids_of(read_records(kafka_bootstrap, ordered, lambda r: len(r) >= len(good), 60))
+    dead = read_records(kafka_bootstrap, dlq, lambda r: len(r) >= n // 5, 60)
+    col.stop()
+    assert got == good
+    assert sorted(ids_of(dead)) == list(range(5, n + 1, 5))
+    for m in dead:
+        h = dict(m.headers())
+        uid = codec.decode_key(m.key())
+        assert h["pf.dlq.stage"] == b"process"
+        assert h["pf.dlq.reason"] == f"refusing uniqueId {uid}".encode()
+        assert h["pf.dlq.error"] == b"ValueError"
+        assert h["pf.dlq.consumer"] == f"collector/g-{ordered}/1".encode()
+        assert codec.decode(m.key(), m.value(), m.headers()).unique_id == uid  # untouched
+    s = final_stats(col)
+    assert (s["received"], s["emitted"], s["dlq"], s["missed"]) == (n, len(good), n // 5, 0)
