@@ -91,6 +91,8 @@ class Health:
         self.auth_failed: str | None = None
         self._next_probe = 0.0
         self._logged: dict[int, float] = {}
+        # While Kafka.check_reachable waits, the cause goes into its one error line instead.
+        self.quiet = False
 
     def on_error(self, err: KafkaError) -> None:
         """librdkafka's ``error_cb`` for every client (runs on librdkafka's threads)."""
@@ -105,7 +107,8 @@ class Health:
                     self.down_since = self._clock()
                     self._next_probe = self._clock() + PROBE_INTERVAL
         now = self._clock()
-        if now - self._logged.get(code, -1e9) > 60.0:  # the same cause once a minute at most
+        # the same cause once a minute at most
+        if not self.quiet and now - self._logged.get(code, -1e9) > 60.0:
             self._logged[code] = now
             level = logging.DEBUG if code == KafkaError._TRANSPORT else logging.WARNING
             log.log(level, "Kafka: %s", err.str())
@@ -232,6 +235,13 @@ class Kafka:
     def check_reachable(self, timeout: float = CONNECT_TIMEOUT) -> None:
         """Raise :class:`KafkaUnavailable` unless the cluster answers a metadata request within
         ``timeout`` seconds; a failed authentication ends the wait at once."""
+        self.health.quiet = True
+        try:
+            self._wait_reachable(timeout)
+        finally:
+            self.health.quiet = False
+
+    def _wait_reachable(self, timeout: float) -> None:
         admin = self._admin_for_probe()
         deadline = time.monotonic() + timeout
         while True:
