@@ -4,25 +4,25 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from confluent_kafka.admin import AdminClient
+from prometheus_client.registry import Collector
 
-from pvaflow.errors import ConfigError
-from pvaflow.kafka.settings import admin_config, producer_config
+from pvaflow.component import TICK, Context
+from pvaflow.control import ComponentId
+from pvaflow.errors import EXIT_OK, ConfigError
 from pvaflow.kafka.topics import ensure_topic
 
 from .intake import Intake
 from .plan import Plan
 from .producer import FrameProducer, topic_limits
 from .source import Drainer, Source
-from .stats import ChannelStats
+from .stats import STATUS_SCHEMA, BridgeCollector, ChannelStats, Reporter, final_json, totals
 
 log = logging.getLogger(__name__)
-
-
 
 
 def default_topic(channel: str) -> str:
@@ -67,63 +67,139 @@ class BridgeConfig:
     server_queue_size: int = 100
     receiver_queue_size: int = 100
     fmt: str = "native"
-    bootstrap: str | None = None
-    overrides: list[tuple[str, str]] = field(default_factory=list)
     topic_config: dict[str, str] = field(default_factory=dict)
     max_wait: float = 2.0
     flush_timeout: float = 30.0
     producer_extra: Mapping[str, Any] = field(default_factory=dict)
+    bridge_id: str = "1"
 
 
 class Bridge:
+    """The bridge as a :class:`~pvaflow.component.Component`: the PVA monitors and the
+    delivery thread do the work; the loop thread only watches the channels' connections."""
+
+    schema = STATUS_SCHEMA
+
     def __init__(self, config: BridgeConfig) -> None:
         self.config = config
+        self.identity = ComponentId("bridge", "bridge", config.bridge_id)
         topics = assign_topics(config.channels, config.topics, config.shared_topic)
         self.plans = [
             Plan(t, config.partitions, config.updates, config.sets,
                  1 if config.first is None else config.first)
             for t in topics
         ]
-        self.stats = [ChannelStats(c, t) for c, t in zip(config.channels, topics, strict=True)]
+        self.channels = [ChannelStats(c, t) for c, t in zip(config.channels, topics, strict=True)]
         self.producer: FrameProducer | None = None
         self.sources: list[Source] = []
         self.drainer: Drainer | None = None
+        self._ctx: Context | None = None
+        self._reporter = Reporter(self.channels)
+        self._collector = BridgeCollector(self.channels, self.queue_depth)
 
     def topics(self) -> list[str]:
         return list(dict.fromkeys(t for p in self.plans for t in p.topics))
 
-    def prepare_topics(self) -> dict[str, int]:
+    # -- Component ----------------------------------------------------------------------------
+
+    def start(self, ctx: Context) -> None:
+        self._ctx = ctx
+        c = self.config
+        conf = ctx.kafka.producer_config(**c.producer_extra)
+        producer = ctx.kafka.producer(conf)  # first: a refused -X creates no topics
+        limits = self._prepare_topics(ctx)
+        # the delivery thread polls the producer: waiting for room only has to sleep
+        sender = ctx.sender(producer, on_full="drop", max_wait=c.max_wait, serve=time.sleep)
+        self.producer = FrameProducer(
+            sender, limits=limits,
+            client_limit=int(conf.get("message.max.bytes", 1_000_000)))
+        try:
+            for plan, stats in zip(self.plans, self.channels, strict=True):
+                log.info("routing %s: %s", stats.channel, plan.describe())
+                intake = Intake(stats.channel, plan, self.producer, stats, fmt=c.fmt,
+                                auto_first=c.first is None)
+                self.sources.append(Source(
+                    stats.channel, intake, stats, server_queue_size=c.server_queue_size,
+                    receiver_queue_size=c.receiver_queue_size))
+            for src in self.sources:
+                src.start()
+            # after every channel exists: creating a pvapy Channel while another thread waits
+            # in PvObjectQueue.get has crashed the interpreter
+            self.drainer = Drainer(self.sources)
+            self.drainer.start()
+        except BaseException:
+            self._stop_sources()
+            self.producer.close()
+            raise
+        self.check_connections()
+
+    def step(self) -> None:
+        assert self._ctx is not None
+        self._ctx.stop.wait(TICK)
+        self.check_connections()
+
+    def stats(self) -> dict[str, Any]:
+        self.update_counters()
+        return totals(self.channels)
+
+    def configure(self, args: dict[str, Any]) -> Mapping[str, Any] | None:
+        # Routing and queues are fixed for a run: a changed plan mid-stream would misroute
+        # frames consumers have already been told (pf.plan) where to expect.
+        raise ConfigError("the bridge has nothing to configure at run time; restart it with "
+                          "other options")
+
+    def reset_stats(self) -> None:
+        for s in self.channels:
+            s.reset()
+
+    def report(self, final: bool = False) -> str:
+        self.update_counters()
+        text = self._reporter.report(final=final)
+        return f"{text}\n{final_json(self.channels)}" if final else text
+
+    def metrics(self) -> Collector | None:
+        return self._collector
+
+    def ready(self) -> str | None:
+        """Ready while every PVA channel is connected (the cluster is the lifecycle's part)."""
+        down = [src.name for src in self.sources if not src.connected.is_set()]
+        return f"PVA channel {', '.join(down)} not connected" if down else None
+
+    def close(self) -> int:
+        """Stop monitors, hand on what the client queues hold, flush, count the rest."""
+        self._stop_sources()
+        if self.producer is None:
+            return EXIT_OK
+        timeout = self.config.flush_timeout
+        if self._ctx is not None and not self._ctx.kafka.health.reachable:
+            timeout = min(timeout, 1.0)  # nobody to deliver to: do not make a stop wait
+        left = self.producer.flush(timeout)
+        if left:
+            log.error("%d frames still undelivered after %.0f s flush: counted as "
+                      "dropped[unflushed]", left, timeout)
+            for s in self.channels:
+                s.dropped["unflushed"] += max(s.in_flight, 0)
+        self.producer.close()
+        return EXIT_OK
+
+    # -- parts --------------------------------------------------------------------------------
+
+    def _prepare_topics(self, ctx: Context) -> dict[str, int]:
         """Create missing topics (refusing a different partition count); read size limits."""
         c = self.config
-        admin = AdminClient(admin_config(c.bootstrap, c.overrides))
+        admin = ctx.kafka.admin()
         for t in self.topics():
-            # bootstrap/overrides too: ensure_topic tests ``admin or ...`` and an AdminClient
-            # with an empty queue is falsy.
-            ensure_topic(t, c.partitions, bootstrap=c.bootstrap, overrides=c.overrides,
-                         admin=admin, config=c.topic_config)
+            ensure_topic(t, c.partitions, admin=admin, config=c.topic_config)
         limits = topic_limits(admin, self.topics())
         for t, n in limits.items():
             log.info("topic %s: %d partitions, max.message.bytes %d", t, c.partitions, n)
         return limits
 
-    def start(self) -> None:
-        c = self.config
-        limits = self.prepare_topics()
-        conf = producer_config(c.bootstrap, c.overrides, **c.producer_extra)
-        self.producer = FrameProducer(conf, max_wait=c.max_wait, limits=limits)
-        for plan, stats in zip(self.plans, self.stats, strict=True):
-            log.info("routing %s: %s", stats.channel, plan.describe())
-            intake = Intake(stats.channel, plan, self.producer, stats, fmt=c.fmt,
-                            auto_first=c.first is None)
-            self.sources.append(Source(
-                stats.channel, intake, stats, server_queue_size=c.server_queue_size,
-                receiver_queue_size=c.receiver_queue_size))
+    def _stop_sources(self) -> None:
         for src in self.sources:
-            src.start()
-        # after every channel exists: creating a pvapy Channel while another thread waits in
-        # PvObjectQueue.get has crashed the interpreter
-        self.drainer = Drainer(self.sources)
-        self.drainer.start()
+            src.stop()
+        if self.drainer is not None:
+            self.drainer.stop()
 
     def update_counters(self) -> None:
         for src in self.sources:
@@ -135,19 +211,3 @@ class Bridge:
 
     def queue_depth(self) -> int:
         return len(self.producer) if self.producer is not None else 0
-
-    def stop(self) -> None:
-        """Stop monitors, hand on what the client queues hold, flush, count the rest."""
-        for src in self.sources:
-            src.stop()
-        if self.drainer is not None:
-            self.drainer.stop()
-        if self.producer is None:
-            return
-        left = self.producer.flush(self.config.flush_timeout)
-        if left:
-            log.error("%d frames still undelivered after %.0fs flush: counted as "
-                      "dropped[unflushed]", left, self.config.flush_timeout)
-            for s in self.stats:
-                s.dropped["unflushed"] += max(s.in_flight, 0)
-        self.producer.close()

@@ -9,10 +9,10 @@ the processors.
 
 from __future__ import annotations
 
+import json
 import logging
-import threading
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import pvaccess as pva
@@ -22,14 +22,22 @@ from prometheus_client.registry import Collector
 
 from pvaflow import codec
 from pvaflow.codec import FrameError
-from pvaflow.kafka.settings import consumer_config
+from pvaflow.component import TICK, Context
+from pvaflow.control import ComponentId
+from pvaflow.errors import EXIT_OK, ConfigError, TopicError
 from pvaflow.ntnda import ntnda_from_frame
+from pvaflow.status import StatusSchema
 
 from . import ad00
 
 log = logging.getLogger(__name__)
 
 OFFSETS = {"earliest": OFFSET_BEGINNING, "latest": OFFSET_END}
+BATCH = 100  # records per step: a step stays short (TICK) even when a replay is far behind
+
+# How the monitor reads :meth:`MirrorStats.snapshot` (a renamed key fails the schema test).
+STATUS_SCHEMA = StatusSchema("mirror", frames_in="received", frames_out="served",
+                             lost={"invalid": "invalid"})
 
 
 @dataclass
@@ -38,11 +46,15 @@ class MirrorStats:
     served: int = 0
     invalid: int = 0
     last_id: int | None = None
-    errors: list[str] = field(default_factory=list)
 
     def snapshot(self) -> dict[str, Any]:
         return {"received": self.received, "served": self.served, "invalid": self.invalid,
                 "last_id": self.last_id}
+
+    def reset(self) -> None:
+        # in place: the Prometheus collector holds this object
+        self.received = self.served = self.invalid = 0
+        self.last_id = None
 
 
 class MirrorCollector(Collector):
@@ -62,50 +74,97 @@ class MirrorCollector(Collector):
 
 
 class Mirror:
+    """The mirror as a :class:`~pvaflow.component.Component`: each step serves what one poll
+    brought."""
+
+    schema = STATUS_SCHEMA
+
     def __init__(
         self,
         topic: str,
         channel: str,
         *,
-        bootstrap: str | None = None,
-        overrides: Any = None,
         partition: int | None = None,
         offset: str = "latest",
+        mirror_id: str | None = None,
     ) -> None:
         if offset not in OFFSETS:
-            raise ValueError(f"offset must be one of {', '.join(OFFSETS)}, got {offset!r}")
+            raise ConfigError(f"offset must be one of {', '.join(OFFSETS)}, got {offset!r}")
         self.topic = topic
         self.channel = channel
-        self.stats = MirrorStats()
-        self._consumer = Consumer(consumer_config(
-            f"pvaflow-mirror-{channel}", bootstrap, overrides, queued_max_messages_kbytes=65536))
-        md = self._consumer.list_topics(topic, timeout=15).topics.get(topic)
-        if md is None or md.error is not None or not md.partitions:
-            raise ValueError(f"topic {topic!r} does not exist")
-        parts = sorted(md.partitions)
-        if partition is not None:
-            if partition not in parts:
-                raise ValueError(f"topic {topic!r} has no partition {partition} "
-                                 f"(it has {len(parts)})")
-            parts = [partition]
-        self._consumer.assign([TopicPartition(topic, p, OFFSETS[offset]) for p in parts])
-        self._server = pva.PvaServer()
-        self._server.addRecord(channel, pva.NtNdArray())
-        log.info("serving %s[%s] as PVA channel %s (from %s)", topic,
-                 ",".join(map(str, parts)), channel, offset)
+        self.partition = partition
+        self.offset = offset
+        self.identity = ComponentId("mirror", "mirror", mirror_id or channel)
+        self.counts = MirrorStats()
+        self._collector = MirrorCollector(self.counts, topic, channel)
+        self._consumer: Consumer | None = None
+        self._server: Any = None
 
-    def run(self, stop: threading.Event) -> None:
-        while not stop.is_set():
-            msg = self._consumer.poll(0.2)
-            if msg is None:
-                continue
+    def start(self, ctx: Context) -> None:
+        self._consumer = ctx.kafka.consumer(f"pvaflow-mirror-{self.channel}",
+                                            queued_max_messages_kbytes=65536)
+        # all topics: a request naming a missing one lets the broker auto-create it
+        md = self._consumer.list_topics(timeout=15).topics.get(self.topic)
+        if md is None or md.error is not None or not md.partitions:
+            raise TopicError(f"topic {self.topic!r} does not exist",
+                             hint="check --topic (and --set), or start the bridge first")
+        parts = sorted(md.partitions)
+        if self.partition is not None:
+            if self.partition not in parts:
+                raise TopicError(f"topic {self.topic!r} has no partition {self.partition} "
+                                 f"(it has {len(parts)})")
+            parts = [self.partition]
+        self._consumer.assign([TopicPartition(self.topic, p, OFFSETS[self.offset])
+                               for p in parts])
+        self._server = pva.PvaServer()
+        self._server.addRecord(self.channel, pva.NtNdArray())
+        log.info("serving %s[%s] as PVA channel %s (from %s)", self.topic,
+                 ",".join(map(str, parts)), self.channel, self.offset)
+
+    def step(self) -> None:
+        assert self._consumer is not None
+        for msg in self._consumer.consume(BATCH, TICK):
             if msg.error() is not None:
                 log.warning("consumer error: %s", msg.error())
                 continue
             self.serve_record(msg.key(), msg.value(), msg.headers())
 
+    def stats(self) -> dict[str, Any]:
+        return self.counts.snapshot()
+
+    def ready(self) -> str | None:
+        """Ready once its partitions are assigned and the PVA channel is served."""
+        return None if self._server is not None else "starting"
+
+    def configure(self, args: dict[str, Any]) -> Mapping[str, Any] | None:
+        raise ConfigError("the mirror has nothing to configure at run time; restart it with "
+                          "other options")
+
+    def reset_stats(self) -> None:
+        self.counts.reset()
+
+    def report(self, final: bool = False) -> str:
+        s = self.counts
+        text = (f"{'final ' if final else ''}mirror statistics {self.topic} -> {self.channel}: "
+                f"received {s.received}  served {s.served}  invalid {s.invalid}  "
+                f"last uniqueId {s.last_id}")
+        if final:
+            text += "\npvaflow-mirror final " + json.dumps(s.snapshot())
+        return text
+
+    def metrics(self) -> Collector | None:
+        return self._collector
+
+    def close(self) -> int:
+        if self._consumer is not None:
+            self._consumer.close()
+        if self._server is not None:
+            self._server.stop()
+        return EXIT_OK
+
     def serve_record(self, key: bytes | None, value: bytes | None, headers: Any) -> None:
-        self.stats.received += 1
+        s = self.counts
+        s.received += 1
         try:
             if ad00.is_ad00(value) and codec.header(headers, "pf.v") is None:
                 frame = ad00.decode(value or b"")
@@ -113,14 +172,10 @@ class Mirror:
                 frame = codec.decode(key, value, headers)
             nt = ntnda_from_frame(frame)
         except FrameError as exc:
-            self.stats.invalid += 1
-            if self.stats.invalid <= 10:
+            s.invalid += 1
+            if s.invalid <= 10:
                 log.error("cannot serve a record of %s: %s", self.topic, exc)
             return
         self._server.update(self.channel, nt)
-        self.stats.served += 1
-        self.stats.last_id = frame.unique_id
-
-    def close(self) -> None:
-        self._consumer.close()
-        self._server.stop()
+        s.served += 1
+        s.last_id = frame.unique_id

@@ -1,9 +1,10 @@
 """Bounded, accounted producing: every frame handed in is delivered or counted as dropped.
 
 The librdkafka buffer (``queue.buffering.max.kbytes``) is the bound on memory while the broker
-is away. When it is full, ``send`` waits up to ``max_wait`` for room; once a wait has timed
-out, later frames are dropped at once (and counted) until a produce succeeds again, so the PVA
-intake never stalls long enough to overrun the server queue.
+is away. What happens when it is full is the core's drop policy (:class:`~pvaflow.kafka.
+produce.Sender` with ``on_full="drop"``): the IOC cannot be made to wait, so a frame waits at
+most ``--max-buffer-wait`` for room, later frames are dropped at once until a produce succeeds
+again, and each drop is counted here as ``dropped[buffer_full]``.
 """
 
 from __future__ import annotations
@@ -15,10 +16,12 @@ import uuid
 from collections.abc import Mapping
 from typing import Any
 
-from confluent_kafka import KafkaError, KafkaException, Message, Producer
+from confluent_kafka import KafkaError, KafkaException, Message
 from confluent_kafka.admin import AdminClient, ConfigResource, ResourceType
 
 from pvaflow.codec import Headers
+from pvaflow.errors import PvaflowError
+from pvaflow.kafka.produce import Sender
 
 from .stats import ChannelStats
 
@@ -31,23 +34,27 @@ Encoded = tuple[bytes, Any, Headers]
 
 
 class FrameProducer:
-    """One idempotent producer shared by all channels, with a delivery-report thread."""
+    """One idempotent producer shared by all channels, with a delivery-report thread.
+
+    Sending holds a lock from reading a partition's ``pf.seq`` to the produce that carries
+    it, so consumers see gap-free sequence numbers per partition whichever channel thread
+    produced; the sender's wait for room (bounded) happens under that lock too, which is
+    harmless: every other channel would meet the same full buffer.
+    """
 
     def __init__(
         self,
-        config: Mapping[str, Any],
+        sender: Sender,
         *,
-        max_wait: float = 2.0,
         limits: Mapping[str, int] | None = None,
+        client_limit: int = 1_000_000,
     ) -> None:
-        self._producer = Producer(dict(config))
-        self._max_wait = max_wait
-        self._client_limit = int(config.get("message.max.bytes", 1_000_000))
+        self._sender = sender
+        self._producer = sender.producer
+        self._client_limit = client_limit
         self._limits = dict(limits or {})
         self._seq: dict[tuple[str, int], int] = {}
         self._lock = threading.Lock()
-        self._saturated = False
-        self._episode_drops = 0
         self._warned_large: set[str] = set()
         self.session = uuid.uuid4().hex[:12]
         self._closing = threading.Event()
@@ -70,55 +77,37 @@ class FrameProducer:
         if size + overhead > self.limit(topic):
             self._too_large(topic, unique_id, size + overhead, stats)
             return False
-        deadline: float | None = None
         tp = (topic, partition)
-        on_delivery = _Delivery(stats, size)
-        while True:
-            with self._lock:
-                seq = self._seq.get(tp, 0)
-                try:
-                    self._producer.produce(
-                        topic, value=value, key=key, partition=partition,
-                        headers=[*headers, ("pf.seq", str(seq).encode())],
-                        on_delivery=on_delivery,
-                    )
-                except BufferError:
-                    pass
-                except KafkaException as exc:
-                    err = exc.args[0]
-                    if err.code() == KafkaError.MSG_SIZE_TOO_LARGE:
-                        self._too_large(topic, unique_id, size + overhead, stats)
-                    else:
-                        stats.dropped["produce_error"] += 1
-                        log.error("produce of uniqueId %d to %s failed: %s", unique_id, topic, err)
-                    return False
+        with self._lock:
+            seq = self._seq.get(tp, 0)
+            try:
+                sent = self._sender.send(
+                    topic, value, key, partition=partition,
+                    headers=[*headers, ("pf.seq", str(seq).encode())],
+                    on_delivery=_Delivery(stats, size))
+            except KafkaException as exc:
+                err = exc.args[0]
+                if err.code() == KafkaError.MSG_SIZE_TOO_LARGE:
+                    self._too_large(topic, unique_id, size + overhead, stats)
                 else:
-                    self._seq[tp] = seq + 1
-                    stats.produced += 1
-                    stats.bytes_produced += size
-                    if self._saturated:
-                        self._saturated = False
-                        log.warning("producer buffer has room again: %d frames were dropped "
-                                    "while it was full", self._episode_drops)
-                    return True
-            # buffer full: wait (bounded) for delivery reports to make room
-            if self._saturated:
+                    stats.dropped["produce_error"] += 1
+                    log.error("produce of uniqueId %d to %s failed: %s", unique_id, topic, err)
+                return False
+            except PvaflowError as exc:
+                # Kafka lost for good while waiting for room: the loop thread hears the same
+                # from the health check and ends the run; this frame is one of the dropped.
+                log.debug("dropped uniqueId %d: %s", unique_id, exc.line())
+                sent = False
+            if not sent:
                 return self._drop_full(stats, unique_id)
-            now = time.monotonic()
-            if deadline is None:
-                deadline = now + self._max_wait
-            elif now >= deadline:
-                self._saturated = True
-                self._episode_drops = 0
-                log.warning("producer buffer full for %.1fs (%d messages queued; broker "
-                            "unreachable or too slow): dropping frames until it drains",
-                            self._max_wait, len(self._producer))
-                return self._drop_full(stats, unique_id)
-            time.sleep(0.005)
+            self._seq[tp] = seq + 1
+            stats.produced += 1
+            stats.bytes_produced += size
+            return True
 
     def _drop_full(self, stats: ChannelStats, unique_id: int) -> bool:
+        # the sender warns once when dropping starts and once when there is room again
         stats.dropped["buffer_full"] += 1
-        self._episode_drops += 1
         log.debug("dropped uniqueId %d: producer buffer full", unique_id)
         return False
 

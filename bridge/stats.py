@@ -23,8 +23,17 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from pvaflow.metrics import LATENCY_BUCKETS
+from pvaflow.status import StatusSchema
 
 DROP_REASONS = ("buffer_full", "too_large", "invalid", "produce_error", "unflushed")
+
+# How the monitor reads :func:`totals`; renaming one of these keys must fail the schema test,
+# not silently show zero in the pipeline view.
+STATUS_SCHEMA = StatusSchema(
+    "bridge", frames_in="received", frames_out="delivered",
+    lost={"source_gaps": "missed", "overruns": "overruns", "dropped": "dropped",
+          "delivery_errors": "delivery_errors"},
+    extra=("produced", "in_flight"))
 
 
 @dataclass
@@ -114,6 +123,21 @@ class Reporter:
             )
         self._last_t = now
         return "\n".join(lines)
+
+
+def totals(stats: Iterable[ChannelStats]) -> dict[str, Any]:
+    """The status of the whole bridge: counters summed over its channels (uniqueIds of
+    different channels do not add up: the lowest first and highest last are kept)."""
+    total: dict[str, Any] = {}
+    for s in stats:
+        for k, v in s.snapshot().items():
+            if k in ("first_id", "last_id"):
+                if v is not None:
+                    pick = min if k == "first_id" else max
+                    total[k] = v if total.get(k) is None else pick(total[k], v)
+            elif isinstance(v, int) and not isinstance(v, bool):
+                total[k] = total.get(k, 0) + v
+    return total
 
 
 def final_json(stats: Iterable[ChannelStats]) -> str:

@@ -66,7 +66,7 @@ def test_broker_outage_buffers_then_delivers_and_counts_the_overflow(
     records = read_topic(kafka.bootstrap, "outage", expect=s["delivered"], timeout=60)
     ids = [r.uid for r in records]
     assert len(ids) == len(set(ids)) == s["delivered"]              # idempotent: no duplicates
-    assert "dropping frames until it drains" in bridge.stderr
+    assert "producer buffer full for 0.5 s" in bridge.stderr
 
 
 def test_frame_larger_than_the_topic_limit_is_a_counted_clear_error(
