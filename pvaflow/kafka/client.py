@@ -238,9 +238,20 @@ class Kafka:
 
     # -- reachability ---------------------------------------------------------------------
 
+    def validate(self) -> None:
+        """Raise :class:`ConfigError` for a setting librdkafka refuses, before any connection:
+        a wrong setting is the first thing to fix, whether or not the cluster answers."""
+        user = {**env_overrides(), **dict(self.overrides)}
+        for key, value in user.items():
+            if _refused(key, value):
+                # the real error text, with the setting named as the user gave it
+                self._make(Producer, {key: value})
+
     def check_reachable(self, timeout: float = CONNECT_TIMEOUT) -> None:
-        """Raise :class:`KafkaUnavailable` unless the cluster answers a metadata request within
-        ``timeout`` seconds; a failed authentication ends the wait at once."""
+        """Raise :class:`ConfigError` for a refused setting, then :class:`KafkaUnavailable`
+        unless the cluster answers a metadata request within ``timeout`` seconds; a failed
+        authentication ends the wait at once."""
+        self.validate()
         self.health.quiet = True
         try:
             self._wait_reachable(timeout)
