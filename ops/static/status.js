@@ -56,7 +56,7 @@ function setLost(view) {
 
 // -- graph ----------------------------------------------------------------------------------
 
-const W = 210, H = 86, GAP = 170, ROW = 22, PAD = 14;
+const W = 236, H = 96, GAP = 150, ROW = 22, PAD = 14;
 
 function stateColour(s) {
   if (s.running === s.components && s.components > 0) return "#1f9d55";
@@ -127,7 +127,7 @@ function drawGraph(stages) {
       const topics = (b.topics_in && b.topics_in.length) ? b.topics_in
         : [...new Set(from.flatMap((a) => a.topics_out || []))];
       if (topics.length) {
-        const text = shorten(topics.join(", "), 24);
+        const text = shorten(topics.join(", "), 21);
         const tw = Math.min(GAP - 16, 12 + text.length * 6.2);
         const cx = pb.x - GAP / 2, g = svg("g", {class: "topic", "data-topics": topics.join(",")});
         g.appendChild(svg("title", {}, "topic " + topics.join(", ")));
@@ -144,13 +144,16 @@ function drawGraph(stages) {
     g.appendChild(svg("rect", {class: "box", width: W, height: H, rx: 8}));
     g.appendChild(svg("rect", {class: "state", width: 6, height: H - 2, x: 1, y: 1, rx: 3,
                                fill: stateColour(s)}));
-    g.appendChild(svg("text", {class: "title", x: 16, y: 21}, shorten(s.stage, 26)));
-    g.appendChild(svg("text", {class: "line", x: 16, y: 40},
+    const title = svg("text", {class: "title", x: 16, y: 21}, s.kind);
+    title.appendChild(svg("title", {}, s.stage));
+    g.appendChild(title);
+    g.appendChild(svg("text", {class: "group", x: 16, y: 38}, shorten(s.group, 32)));
+    g.appendChild(svg("text", {class: "line", x: 16, y: 56},
                       `${s.running}/${s.components} up · ${rate(s.rate_out)} frames/s`));
-    g.appendChild(svg("text", {class: "line", x: 16, y: 58},
+    g.appendChild(svg("text", {class: "line", x: 16, y: 72},
                       `in ${count(s.frames_in)} · out ${count(s.frames_out)}`));
     const lost = num(s.lost_total);
-    g.appendChild(svg("text", {class: lost > 0 ? "lost" : "line", x: 16, y: 76},
+    g.appendChild(svg("text", {class: lost > 0 ? "lost" : "line", x: 16, y: 88},
                       `lost ${count(lost)} · lag ${count(s.lag)}`));
     nodes.appendChild(g);
   }
@@ -276,7 +279,7 @@ function setupThumb(topic) {
         img.dataset.uid = uid;
         img.dataset.size = String(blob.size);
         caption.querySelector(".meta").textContent =
-          ` · uniqueId ${uid} · ${shape.replace(/x/g, " × ")}`;
+          `uniqueId ${uid} · ${shape.replace(/x/g, " × ")}`;
       }
     } catch (err) {
       // the status line already says when the monitor does not answer
