@@ -134,12 +134,21 @@ FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-
 
 
 def chromium_binary() -> str:
-    found = os.environ.get("PVAFLOW_CHROMIUM") or next(
+    """``$PVAFLOW_CHROMIUM`` or Debian's chromium on the PATH (skip, or fail under CI)."""
+    named = os.environ.get("PVAFLOW_CHROMIUM")
+    found = shutil.which(named) if named else next(
         (p for p in map(shutil.which, ("chromium", "chromium-browser")) if p), None)
     if not found:
-        missing("chromium is missing: run `make tools` (Debian's chromium package)")
+        missing(f"{named or 'chromium'} is missing: run `make tools` (Debian's chromium "
+                "package) or set PVAFLOW_CHROMIUM")
     assert found is not None
     return found
+
+
+@pytest.fixture
+def chromium_bin() -> str:
+    """Checked before the broker and the pipeline start."""
+    return chromium_binary()
 
 
 class Cdp:
@@ -199,13 +208,13 @@ class Cdp:
 
 
 @contextlib.asynccontextmanager
-async def chromium(profile: Path) -> AsyncIterator[Cdp]:
+async def chromium(binary: str, profile: Path) -> AsyncIterator[Cdp]:
     """A headless Chromium (its own session, stopped by pid) and a DevTools session on its
     page."""
     import aiohttp
 
     with open(profile.parent / "chromium.log", "wb") as log:
-        proc = subprocess.Popen([chromium_binary(), *FLAGS, f"--user-data-dir={profile}",
+        proc = subprocess.Popen([binary, *FLAGS, f"--user-data-dir={profile}",
                                  "about:blank"], stdout=subprocess.DEVNULL, stderr=log,
                                 stdin=subprocess.DEVNULL, start_new_session=True,
                                 preexec_fn=die_with_parent)
@@ -283,13 +292,11 @@ def get(url: str) -> tuple[int, dict[str, str], bytes]:
 
 
 def test_status_page_in_chromium(
-    tmp_path: Path, procs: Procs, sim_server: Callable[..., Any],  # noqa: F811
+    chromium_bin: str, tmp_path: Path, procs: Procs, sim_server: Callable[..., Any],  # noqa: F811
     make_topic: Callable[..., str], kafka_bootstrap: str, pva_env: dict[str, str],
 ) -> None:
     from pvaflow.ops.synthetic import DATASET, write_hdf5
 
-    browser = chromium_binary()  # skip before anything starts
-    assert browser
     run = uuid.uuid4().hex[:6]
     frames = make_topic(2, suffix="frames")
     passed, ordered = f"page-{run}-passed", f"page-{run}-ordered"
@@ -342,7 +349,7 @@ def test_status_page_in_chromium(
     screenshot = tmp_path / "status-page.png"
 
     async def drive() -> None:
-        async with chromium(tmp_path / "profile") as cdp:
+        async with chromium(chromium_bin, tmp_path / "profile") as cdp:
             await cdp.send("Emulation.setDeviceMetricsOverride", width=1200, height=900,
                            deviceScaleFactor=1, mobile=False)
             await cdp.send("Page.navigate", url=url + "/")
