@@ -44,6 +44,9 @@ from pvaflow.kafka.topics import ensure_topic
 from pvaflow.options import Parser, add_kafka_args, add_run_args, parse
 from pvaflow.status import STAGE_ORDER, StatusSchema, generic
 
+from . import page
+from .thumbnail import Thumbnails
+
 log = logging.getLogger(__name__)
 
 APP_ID = "pvaflow-monitor"
@@ -92,6 +95,29 @@ def remember(previous: Mapping[str, Any] | None, message: Mapping[str, Any]) -> 
     return entry
 
 
+# Stats keys naming the topics a component reads and writes (a string or a list of them), and
+# per-partition mappings keyed ``topic[partition]`` (the consumer's ``partition_gaps``): the
+# status page labels the pipeline graph's arrows with them.
+TOPIC_KEYS = {"input_topic": "in", "input_topics": "in", "output_topic": "out",
+              "output_topics": "out"}
+PARTITION_KEYS = ("partition_gaps",)
+
+
+def stats_topics(stats: Mapping[str, Any]) -> tuple[list[str], list[str]]:
+    """(topics read, topics written) as far as a component's stats name them."""
+    found: dict[str, list[str]] = {"in": [], "out": []}
+    for key, side in TOPIC_KEYS.items():
+        v = stats.get(key)
+        names = [v] if isinstance(v, str) else v if isinstance(v, list) else []
+        found[side] += [n for n in names if isinstance(n, str) and n]
+    for key in PARTITION_KEYS:
+        v = stats.get(key)
+        if isinstance(v, Mapping):
+            found["in"] += [str(k).rpartition("[")[0] for k in v if "[" in str(k)]
+    return (list(dict.fromkeys(t for t in found["in"] if t)),
+            list(dict.fromkeys(t for t in found["out"] if t)))
+
+
 def component_state(msg: Mapping[str, Any], now: float, stale_after: float) -> str:
     if msg.get("final"):
         return "stopped"
@@ -101,7 +127,7 @@ def component_state(msg: Mapping[str, Any], now: float, stale_after: float) -> s
 # Keys of a stage in the view; an extra stats key with one of these names is only in "extras".
 _STAGE_KEYS = frozenset({"stage", "kind", "group", "components", "running", "frames_in",
                          "frames_out", "lost", "lost_total", "lag", "rate_in", "rate_out",
-                         "extras"})
+                         "extras", "topics_in", "topics_out"})
 
 
 def pipeline_view(
@@ -135,7 +161,7 @@ def pipeline_view(
             "stage": f"{kind_name}/{group}", "kind": kind_name, "group": group,
             "components": 0, "running": 0, "frames_in": 0, "frames_out": 0,
             "lost": {}, "lost_total": 0, "lag": 0, "rate_in": 0.0, "rate_out": 0.0,
-            "extras": {},
+            "extras": {}, "topics_in": [], "topics_out": [],
         })
         st["components"] += 1
         running = state == "running"
@@ -152,6 +178,9 @@ def pipeline_view(
         for key in schema.max_keys:
             extras[key] = max(extras.get(key, 0), _num(stats, key))
         st["lag"] += _num(stats, LAG_KEY)
+        t_in, t_out = stats_topics(stats)
+        st["topics_in"] += [t for t in t_in if t not in st["topics_in"]]
+        st["topics_out"] += [t for t in t_out if t not in st["topics_out"]]
         if running:  # a stopped component's last rate is history, not throughput
             st["rate_in"] = round(st["rate_in"] + entry.get("rate_in", 0.0), 3)
             st["rate_out"] = round(st["rate_out"] + entry.get("rate_out", 0.0), 3)
@@ -217,13 +246,14 @@ def metrics_text(view: Mapping[str, Any]) -> bytes:
 def build_app(
     kafka: AioSettings | str, *, app_id: str = APP_ID, status_topic: str = STATUS_TOPIC,
     web_host: str = "127.0.0.1", web_port: int = 6066, stale_after: float = STALE_AFTER,
-    data_dir: str | None = None,
+    data_dir: str | None = None, thumbnails: Thumbnails | None = None,
 ) -> tuple[Any, Callable[[], dict[str, Any]]]:
     """The faust app and a function returning the current view (for other exporters).
 
     ``kafka`` says where and how to connect (:class:`~pvaflow.kafka.aio.AioSettings`, from the
     same ``-b`` / ``-X`` / ``PVAFLOW_KAFKA_*`` settings every command reads), or is a plain
-    bootstrap string for a PLAINTEXT cluster.
+    bootstrap string for a PLAINTEXT cluster. ``thumbnails`` feeds the status page's
+    pictures (:mod:`pvaflow.ops.page`).
     """
     import faust
 
@@ -257,6 +287,8 @@ def build_app(
     def view() -> dict[str, Any]:
         return pipeline_view(dict(latest.items()), stale_after=stale_after)
 
+    page.register(app, view, thumbnails)
+
     @app.page("/status")
     async def status_page(web: Any, request: Any) -> Any:
         return web.json(view())
@@ -273,7 +305,8 @@ def build_parser() -> Parser:
     p = Parser(prog="pvaflow-monitor", description=(
         "Keep the latest status of every pvaflow component (faust Table, recovered from its "
         "changelog after a restart) and serve the pipeline-wide view at /status (JSON) and "
-        "/metrics (Prometheus)."))
+        "/metrics (Prometheus), and a status page with the pipeline graph and thumbnails "
+        "at /."))
     p.add_argument("--status-topic", default=STATUS_TOPIC, help="(default: %(default)s)")
     p.add_argument("--app-id", default=APP_ID,
                    help="faust app id: consumer group and changelog prefix (default: %(default)s)")
@@ -284,6 +317,10 @@ def build_parser() -> Parser:
                    help="faust's app directory (default: <tmp>/pvaflow-monitor/<app-id>)")
     p.add_argument("--stale-after", type=float, default=STALE_AFTER, metavar="SECONDS",
                    help="a component silent this long shows as stale (default: %(default)s)")
+    p.add_argument("--thumbnail-topic", action="append", default=[], metavar="TOPIC",
+                   dest="thumbnail_topics",
+                   help="show a thumbnail of the latest frame of TOPIC on the status page "
+                        "(read at most once a second; repeatable)")
     add_kafka_args(p)
     add_run_args(p)
     return p
@@ -320,9 +357,12 @@ def serve(args: Any, aio: AioSettings) -> int:
     """Run the faust worker until it is stopped (SIGINT/SIGTERM, or ``--runtime``)."""
     import faust
 
+    thumbnails = (Thumbnails(Kafka.from_args(args), args.thumbnail_topics)
+                  if args.thumbnail_topics else None)
     app, view = build_app(aio, app_id=args.app_id, status_topic=args.status_topic,
                           web_host=args.web_host, web_port=args.web_port,
-                          stale_after=args.stale_after, data_dir=args.data_dir)
+                          stale_after=args.stale_after, data_dir=args.data_dir,
+                          thumbnails=thumbnails)
     if args.metrics_port is not None:
         from prometheus_client import REGISTRY
 
@@ -335,7 +375,11 @@ def serve(args: Any, aio: AioSettings) -> int:
         timer.daemon = True
         timer.start()
     worker = faust.Worker(app, loglevel=args.log_level, quiet=True, redirect_stdouts=False)
-    worker.execute_from_commandline()
+    try:
+        worker.execute_from_commandline()
+    finally:
+        if thumbnails is not None:
+            thumbnails.close()
     return 0
 
 
