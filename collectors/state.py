@@ -62,8 +62,8 @@ def load_state(topic: str, key: str, kafka: Kafka, timeout: float = 15.0) -> Sav
     """The last committed state for ``key`` (read_committed, to the end of the topic)."""
     hint = "check the broker and that this principal may read the topic"
     try:
-        records, complete = read_partition(
-            topic, kafka.bootstrap, kafka.overrides, read_committed=True, timeout=timeout)
+        records, complete = read_partition(topic, kafka, read_committed=True,
+                                           timeout=timeout)
     except KafkaException as exc:
         err = exc.args[0] if exc.args else exc
         text = err.str() if isinstance(err, KafkaError) else str(err)

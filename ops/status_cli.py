@@ -12,17 +12,16 @@ import sys
 import time
 import urllib.error
 import urllib.request
-import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from confluent_kafka import OFFSET_BEGINNING, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import KafkaError, KafkaException
 
 from pvaflow.component import run_command
 from pvaflow.control import STATUS_TOPIC
 from pvaflow.errors import PvaflowError
 from pvaflow.kafka.client import Kafka
-from pvaflow.kafka.topics import watermarks
+from pvaflow.kafka.topics import read_partition
 from pvaflow.options import Parser, add_kafka_args, parse
 
 from .monitor import STALE_AFTER, latest_from_messages, pipeline_view
@@ -76,30 +75,11 @@ def read_status_topic(
 
 def _tail(kafka: Kafka, topic: str, tail: int, timeout: float) -> list[bytes | None]:
     """Values of the last ``tail`` records of partition 0, up to its end."""
-    consumer = kafka.consumer(f"pvaflow-status-{uuid.uuid4().hex[:8]}",
-                              enable_partition_eof=True)
-    try:
-        low, high = watermarks(consumer, topic, timeout)
-        if high <= low:
-            return []
-        consumer.assign([TopicPartition(topic, 0, max(low, high - tail)
-                                        if tail else OFFSET_BEGINNING)])
-        values: list[bytes | None] = []
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            msg = consumer.poll(0.5)
-            if msg is None:
-                continue
-            err = msg.error()
-            if err is not None:
-                if err.code() == KafkaError._PARTITION_EOF:
-                    return values
-                raise KafkaException(err)
-            values.append(msg.value())
+    records, complete = read_partition(topic, kafka, tail=tail or None, timeout=timeout)
+    if not complete:
         raise StatusUnavailable(f"the status topic {topic} could not be read to its end "
                                 f"within {timeout:g} s")
-    finally:
-        consumer.close()
+    return [value for _key, value in records]
 
 
 def fetch_monitor(url: str, timeout: float = 5.0) -> dict[str, Any]:

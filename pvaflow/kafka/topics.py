@@ -11,7 +11,8 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaExcepti
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from ..errors import TopicError
-from .settings import admin_config, consumer_config
+from .client import Kafka
+from .settings import admin_config
 
 Record = tuple[bytes | None, bytes | None]
 
@@ -77,8 +78,7 @@ def watermarks(consumer: Consumer, topic: str, timeout: float = 10.0) -> tuple[i
 
 def read_partition(
     topic: str,
-    bootstrap: str | None = None,
-    overrides: Any = None,
+    kafka: Kafka,
     *,
     tail: int | None = None,
     read_committed: bool = False,
@@ -90,8 +90,7 @@ def read_partition(
     extra: dict[str, Any] = {"enable.partition.eof": True}
     if read_committed:
         extra["isolation.level"] = "read_committed"
-    consumer = Consumer(consumer_config(
-        f"pvaflow-reader-{uuid.uuid4().hex[:8]}", bootstrap, overrides, **extra))
+    consumer = kafka.consumer(f"pvaflow-reader-{uuid.uuid4().hex[:8]}", **extra)
     try:
         start = OFFSET_BEGINNING
         if tail is not None:
