@@ -58,7 +58,7 @@ def test_local_times_and_days() -> None:
 
 @pytest.mark.parametrize("text", ["soon", "3 fortnights ago", "yesterday 25:00", "@x", ""])
 def test_bad_times_name_the_grammar(text: str) -> None:
-    with pytest.raises(ValueError, match="not a time|unknown unit"):
+    with pytest.raises(ValueError, match=r"not a time|unknown unit"):
         parse_time(text, now_ms=NOW)
 
 
@@ -141,7 +141,7 @@ def committed(bootstrap: str, group: str, topic: str) -> list[tuple[int, int]]:
 def test_yesterdays_run_is_reprocessed_in_a_new_group(
         kafka_bootstrap: str, make_topic: Callable[..., str], tmp_path: Path) -> None:
     src, out = make_topic(2), make_topic(suffix="out")
-    first, last = record_two_runs(kafka_bootstrap, src)
+    first, _last = record_two_runs(kafka_bootstrap, src)
     live = f"pvaflow.{src}"
     # the live group has been at work: 3 records of each partition done
     c = Kafka(kafka_bootstrap).consumer(live)

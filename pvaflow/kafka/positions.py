@@ -280,7 +280,9 @@ class Positions:
             part.done = end is not None and offset >= end
             self.parts[key] = part
             out.append(TopicPartition(key[0], key[1], offset))
-        log.info("replay %s: %s", spec.describe(), ", ".join(
+        # a component's replay is news; a reader (export, runs) says what it read at the end
+        log.log(logging.DEBUG if self.until_now else logging.INFO, "replay %s: %s",
+                spec.describe(), ", ".join(
             f"{t}[{p}]@{o}" + (f"..{self.parts[(t, p)].end}"
                                if self.parts[(t, p)].end is not None else "")
             for t, p, o in ((tp.topic, tp.partition, tp.offset) for tp in out)) or "nothing")
