@@ -360,9 +360,9 @@ def build_parser() -> Parser:
         "Export a window of a frames topic to HDF5 (NeXus-style, compressed frames kept as "
         "they are), an NPY stack, a TIFF series or CSV (time series)."))
     p.add_argument("topic", metavar="TOPIC", help="frames topic")
-    p.add_argument("--to", required=True, metavar="FILE",
-                   help="output file (.h5/.hdf5/.nxs, .npy, .tif/.tiff = FILE_<index>.tif, "
-                        ".csv)")
+    p.add_argument("--to", metavar="FILE",
+                   help="output file, required (.h5/.hdf5/.nxs, .npy, .tif/.tiff = "
+                        "FILE_<index>.tif, .csv)")
     p.add_argument("--format", choices=tuple(WRITERS), default=None,
                    help="output format (default: from the extension of --to)")
     p.add_argument("--partition", type=int, action="append", default=None, metavar="N",
@@ -377,6 +377,8 @@ def build_parser() -> Parser:
 def export(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
+    if not args.to:
+        raise UsageError("--to FILE is required: where to export to")
     path = Path(args.to)
     fmt = file_format(path, args.format)
     if path.exists() and not args.overwrite:

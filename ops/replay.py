@@ -216,7 +216,7 @@ def build_parser() -> Parser:
         "Send frames from files (what pvaflow export writes, NeXus/areaDetector HDF5, NPY "
         "stacks, TIFF series) to a topic, with their original or fresh uniqueIds."))
     p.add_argument("files", nargs="+", metavar="FILE", help="files to replay, in order")
-    p.add_argument(*flags("--topic"), required=True, metavar="TOPIC", help="topic to write")
+    p.add_argument(*flags("--topic"), metavar="TOPIC", help="topic to write (required)")
     p.add_argument("--partitions", type=positive_int, default=1, metavar="N",
                    help="partitions when creating the topic (default: 1)")
     p.add_argument("--rate", type=rate_arg, default=None, metavar="FPS|max",
@@ -233,6 +233,8 @@ def build_parser() -> Parser:
 def replay(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
+    if not args.topic:
+        raise UsageError("--topic TOPIC is required: where to replay to")
     paths = [Path(f) for f in args.files]
     for path in paths:
         if not path.exists():
