@@ -25,6 +25,7 @@ from pvaflow.codec import FrameError
 from pvaflow.component import TICK, Context
 from pvaflow.control import ComponentId
 from pvaflow.errors import EXIT_OK, ConfigError, TopicError
+from pvaflow.kafka.positions import Positions, ReplaySpec
 from pvaflow.ntnda import ntnda_from_frame
 from pvaflow.status import StatusSchema
 
@@ -87,6 +88,7 @@ class Mirror:
         partition: int | None = None,
         offset: str = "latest",
         mirror_id: str | None = None,
+        replay: ReplaySpec | None = None,
     ) -> None:
         if offset not in OFFSETS:
             raise ConfigError(f"offset must be one of {', '.join(OFFSETS)}, got {offset!r}")
@@ -99,6 +101,9 @@ class Mirror:
         self._collector = MirrorCollector(self.counts, topic, channel)
         self._consumer: Consumer | None = None
         self._server: Any = None
+        # --from-time/--to-time/--from-offset (the mirror has no group to protect: it assigns)
+        self._replay = Positions(replay) if replay is not None else None
+        self._stop: Any = None
 
     def start(self, ctx: Context) -> None:
         self._consumer = ctx.kafka.consumer(f"pvaflow-mirror-{self.channel}",
@@ -114,8 +119,13 @@ class Mirror:
                 raise TopicError(f"topic {self.topic!r} has no partition {self.partition} "
                                  f"(it has {len(parts)})")
             parts = [self.partition]
-        self._consumer.assign([TopicPartition(self.topic, p, OFFSETS[self.offset])
-                               for p in parts])
+        if self._replay is not None:
+            self._stop = ctx.stop
+            self._replay.on_assign(self._consumer, [TopicPartition(self.topic, p)
+                                                    for p in parts], incremental=False)
+        else:
+            self._consumer.assign([TopicPartition(self.topic, p, OFFSETS[self.offset])
+                                   for p in parts])
         self._server = pva.PvaServer()
         self._server.addRecord(self.channel, pva.NtNdArray())
         log.info("serving %s[%s] as PVA channel %s (from %s)", self.topic,
@@ -123,7 +133,12 @@ class Mirror:
 
     def step(self) -> None:
         assert self._consumer is not None
-        for msg in self._consumer.consume(BATCH, TICK):
+        msgs = self._consumer.consume(BATCH, TICK)
+        if self._replay is not None:
+            msgs = self._replay.filter(self._consumer, msgs)
+            if self._replay.finished():
+                self._stop.set()  # every partition is past --to-time
+        for msg in msgs:
             if msg.error() is not None:
                 log.warning("consumer error: %s", msg.error())
                 continue

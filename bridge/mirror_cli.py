@@ -8,10 +8,12 @@ from collections.abc import Sequence
 from pvaflow.component import run_component
 from pvaflow.errors import ConfigError
 from pvaflow.kafka.client import Kafka
+from pvaflow.kafka.positions import ReplaySpec
 from pvaflow.options import (
     Parser,
     add_control_args,
     add_kafka_args,
+    add_replay_args,
     add_run_args,
     flags,
     parse,
@@ -36,6 +38,7 @@ def build_parser() -> Parser:
                    help="PVA channel name to serve")
     p.add_argument("--offset", choices=tuple(OFFSETS), default="latest",
                    help="start from the newest frames or replay the topic (default: latest)")
+    add_replay_args(p)
     add_control_args(p, control=None, status=None)
     p.add_argument(*flags("--mirror-id"), default=None, metavar="ID",
                    help="this mirror's id in status messages (default: the --output-channel)")
@@ -50,7 +53,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     topic = f"{args.topic}.{args.set_name}" if args.set_name else args.topic
     try:
         mirror = Mirror(topic, args.output_channel, partition=args.partition,
-                        offset=args.offset, mirror_id=args.mirror_id)
+                        offset=args.offset, mirror_id=args.mirror_id,
+                        replay=ReplaySpec.from_args(args))
     except ConfigError as exc:
         parser.error(exc.line())
     return run_component(mirror, run_options(PROG, args), Kafka.from_args(args))

@@ -8,13 +8,16 @@ from collections.abc import Sequence
 
 from pvaflow.component import RunOptions, run_component
 from pvaflow.control import CONTROL_TOPIC, STATUS_TOPIC
+from pvaflow.errors import PvaflowError
 from pvaflow.kafka.client import Kafka
+from pvaflow.kafka.positions import ReplaySpec, replay_group
 from pvaflow.memory import release_large_frees
 from pvaflow.options import (
     Parser,
     add_control_args,
     add_kafka_args,
     add_plugin_args,
+    add_replay_args,
     add_run_args,
     flags,
     non_negative,
@@ -60,6 +63,7 @@ def build_parser() -> Parser:
                         "the output (default: <first input topic>.collector.dlq; '' disables: "
                         "such frames are dropped and counted as errors)")
     add_plugin_args(p, "collector plugin (same API and loading as processors)")
+    add_replay_args(p)
     o = p.add_argument_group("output")
     o.add_argument(*flags("--output-topic"), metavar="TOPIC",
                    help="ordered output topic (one partition, written transactionally)")
@@ -104,8 +108,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             sinks.append(FileWriter(args.output_dir, args.output_format))
     except OSError as exc:
         parser.error(f"--output-dir {args.output_dir}: {exc.strerror or exc}")
+    try:
+        replay = ReplaySpec.from_args(args)
+    except PvaflowError as exc:
+        parser.error(exc.line())
     cfg = CollectorConfig(
-        input_topics=args.input_topic, group=args.group, collector_id=args.collector_id,
+        input_topics=args.input_topic, collector_id=args.collector_id, replay=replay,
+        group=replay_group(args.group, replay) if replay else args.group,
         output_topic=args.output_topic, late_topic=args.late_topic,
         dlq_topic=dlq_topic(args.dlq_topic, args.input_topic), state_topic=args.state_topic,
         cache_size=args.collector_cache_size, max_delay=args.max_delay,

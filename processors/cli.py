@@ -13,12 +13,14 @@ from collections.abc import Sequence
 from pvaflow.component import RunOptions, run_command, run_component
 from pvaflow.control import CONTROL_TOPIC, STATUS_TOPIC
 from pvaflow.kafka.client import Kafka
+from pvaflow.kafka.positions import ReplaySpec, replay_group
 from pvaflow.memory import release_large_frees
 from pvaflow.options import (
     Parser,
     add_control_args,
     add_kafka_args,
     add_plugin_args,
+    add_replay_args,
     add_run_args,
     flags,
     non_negative,
@@ -69,6 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help=argparse.SUPPRESS)
 
     add_plugin_args(p)
+    add_replay_args(p)
 
     g = p.add_argument_group("consumers")
     g.add_argument(*flags("--n-consumers"), type=positive_int, default=1, metavar="N",
@@ -110,8 +113,11 @@ def config(args: argparse.Namespace) -> RunnerConfig:
     topic = f"{args.input_topic}.{args.distributor_set}" if args.distributor_set \
         else args.input_topic
     cid = args.consumer_id
+    group = args.group or f"pvaflow.{topic}"
+    replay = ReplaySpec.from_args(args)
     return RunnerConfig(
-        input_topic=topic, group=args.group or f"pvaflow.{topic}", consumer_id=cid,
+        input_topic=topic, group=replay_group(group, replay) if replay else group,
+        consumer_id=cid, replay=replay,
         output_topic=args.output_topic, output_partitions=args.output_partitions,
         dlq_topic=f"{topic}.dlq" if args.dlq_topic is None else (args.dlq_topic or None),
         exactly_once=args.exactly_once, max_queue_size=args.max_queue_size,

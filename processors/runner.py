@@ -35,6 +35,7 @@ from pvaflow.component import Context
 from pvaflow.control import ComponentId
 from pvaflow.dlq import dlq_headers
 from pvaflow.errors import PluginError, PvaflowError
+from pvaflow.kafka.positions import Positions, ReplaySpec
 from pvaflow.kafka.produce import Sender
 from pvaflow.kafka.topics import ensure_topic
 from pvaflow.metrics import consumer_lag
@@ -71,6 +72,7 @@ class RunnerConfig:
     output_channel: str | None = None
     status_channel: str | None = None
     control_channel: str | None = None
+    replay: ReplaySpec | None = None  # --from-time/--to-time/--from-offset
 
     @property
     def name(self) -> str:
@@ -102,6 +104,7 @@ class Runner:
         self._producer: Producer | None = None
         self._sender: Sender | None = None
         self._joined = False
+        self._replay = Positions(cfg.replay) if cfg.replay is not None else None
 
     # -- the clients (made in start) ------------------------------------------------------
 
@@ -236,6 +239,10 @@ class Runner:
                 producer.begin_transaction()
                 self._in_txn = True
             msgs = self.consumer.consume(self._batch, POLL)
+            if self._replay is not None:
+                msgs = self._replay.filter(self.consumer, msgs)
+                if self._replay.finished():
+                    self.ctx.stop.set()  # every partition is past --to-time
             if msgs:
                 self._handle(msgs)
             producer.poll(0)
@@ -438,6 +445,8 @@ class Runner:
     def _on_assign(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
         log.info("consumer %s assigned %s", self.cfg.name, _fmt(partitions))
         self._joined = True  # a member with no partition (more members than partitions) too
+        if self._replay is not None:
+            self._replay.on_assign(_consumer, partitions)
         for tp in partitions:
             self.counters.forget_partition(tp.topic, tp.partition)
 
@@ -455,6 +464,8 @@ class Runner:
         self._tracker.drop(partitions)
         for tp in partitions:
             self.counters.forget_partition(tp.topic, tp.partition)
+        if self._replay is not None:
+            self._replay.forget(partitions)
 
     def _on_lost(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
         log.warning("consumer %s lost %s (no commit possible)", self.cfg.name, _fmt(partitions))

@@ -241,3 +241,22 @@ def parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argpar
     if getattr(args, "log_level", None):
         setup_logging(args.log_level, getattr(args, "log_format", "text"))
     return args
+
+
+def add_replay_args(parser: argparse.ArgumentParser) -> None:
+    """``--from-time / --to-time / --from-offset``: reprocess a recorded window of the input
+    (see :mod:`pvaflow.kafka.positions` for the time grammar and the replay group)."""
+    from .kafka.positions import offset_arg, time_arg
+
+    g = parser.add_argument_group(
+        "reprocessing (reads in the group <group>.replay-<window>, never the live group)")
+    g.add_argument("--from-time", type=time_arg, metavar="TIME",
+                   help="start at the first record at or after TIME: ISO 8601 "
+                        "(2024-05-01T22:00, local unless a zone is given), 'now', "
+                        "'1h ago', '30 min ago', 'yesterday 22:00', 'today 06:00', "
+                        "HH:MM or @EPOCH-SECONDS")
+    g.add_argument("--to-time", type=time_arg, metavar="TIME",
+                   help="stop each partition at its first record after TIME and exit when "
+                        "all are done (same grammar)")
+    g.add_argument("--from-offset", type=offset_arg, metavar="N",
+                   help="start every partition at offset N")
