@@ -85,7 +85,7 @@ def build_parser() -> Parser:
                    help="image side in pixels (default: 128)")
     p.add_argument("--partitions", type=int, default=2, metavar="N",
                    help="frames topic partitions (default: 2)")
-    p.add_argument("--log-level", default="warning", help=argparse.SUPPRESS)
+    p.add_argument(*flags("--log-level"), default="warning", help=argparse.SUPPRESS)
     return p
 
 

@@ -270,13 +270,17 @@ def stop_all(procs: Running, grace: float = 20.0) -> int:
     return code
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def build_parser() -> Parser:
     parser = Parser(prog="pvaflow run", description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("file", help="pipeline YAML file")
     parser.add_argument("--dry-run", action="store_true",
                         help="print the command lines (secrets masked) and exit")
     add_run_args(parser)
-    args = parse(parser, argv)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse(build_parser(), argv)
 
     def body() -> int:
         parts = load(args.file)

@@ -63,6 +63,21 @@ class Parser(argparse.ArgumentParser):
         self.add_argument("-v", "--version", action="version",
                           version=f"{self.prog} (pvaflow) {__version__}")
 
+    def parse_known_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None,
+    ) -> tuple[argparse.Namespace, list[str]]:
+        """An unknown ``--option`` is reported first (with its suggestion), before argparse
+        would complain about a missing required option and hide the typo."""
+        argv = list(sys.argv[1:] if args is None else args)
+        known = _option_strings(self)
+        for token in argv:
+            if token == "--":
+                break
+            name = token.split("=", 1)[0]
+            if name.startswith("--") and not any(o.startswith(name) for o in known):
+                self.error(f"unrecognized arguments: {name}")
+        return super().parse_known_args(argv, namespace)
+
     def error(self, message: str) -> NoReturn:
         hint = self._did_you_mean(message)
         self.exit(2, f"{self.prog}: error: {message}{hint} (see --help)\n")
