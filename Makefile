@@ -14,8 +14,9 @@ BROKER_ARGS ?=
 
 help:
 	@echo "make venv    create $(VENV) (if missing) and pip install -e '.[dev]'"
-	@echo "make lint    ruff + mypy"
-	@echo "make test    lint, then pytest (real Kafka broker + PVA sim servers; PYTEST_ARGS=...)"
+	@echo "make lint    ruff + mypy + hadolint"
+	@echo "make image   build the Dockerfile with buildah (BASE=... or a local Debian base)"
+	@echo "make test    lint, tools, image, then pytest (real Kafka broker + PVA sim servers; PYTEST_ARGS=...)"
 	@echo "make alerts  regenerate alerts/pvaflow.rules.yaml from the chart's alert rules"
 	@echo "make demo    run the end-to-end demo (python -m pvaflow.ops.demo)"
 	@echo "make bench   run every benchmark; rewrites docs/performance.md (quiet machine!)"
@@ -32,14 +33,24 @@ $(STAMP): pyproject.toml
 lint: venv
 	$(BIN)/ruff check $(LINT_PATHS)
 	$(BIN)/mypy $(TYPE_PATHS)
+	$(BIN)/hadolint Dockerfile
 
+# The image test (tests/ops/test_image.py) runs what `image` builds (localhost/pvaflow:latest);
+# outside CI, a machine that cannot build it (not root, no buildah) skips that test instead.
 test: lint tools
+	@IMAGE_OPTIONAL=1 scripts/image
 	$(BIN)/pytest -q $(PYTEST_ARGS)
 
-.PHONY: tools alerts
-# helm (go install), Prometheus (Debian package, unpacked) and kubernetes-validate for tests/ops.
+.PHONY: tools alerts image
+# helm (go install), Prometheus (Debian package, unpacked), kubernetes-validate, and buildah +
+# mmdebstrap (Debian packages, installed when run as root) for tests/ops.
 tools: venv
 	@scripts/tools
+
+# localhost/pvaflow:<version> and :latest with buildah; the base is localhost/pvaflow-base made
+# from Debian packages (scripts/base-image, cached in .cache/image) unless BASE=image is given.
+image: tools
+	@scripts/image
 
 # The plain Prometheus rules file, from the chart's helm/pvaflow/files/alerts.yaml.
 alerts: venv
