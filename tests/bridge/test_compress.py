@@ -142,3 +142,34 @@ def test_codec_options() -> None:
     with pytest.raises(ConfigError, match="ad00"):
         Bridge(config_from_args(build_parser().parse_args(
             ["-ic", "a:x", "--codec", "lz4", "--format", "ad00"])))
+
+
+@pytest.mark.parametrize("name", ["bslz4", "lz4"])
+def test_the_mirror_serves_hdf5_chunks_as_ndplugincodec_frames_them(
+    name: str, tmp_path: Any,
+) -> None:
+    """What ``pvapy-ad-sim-server -hcm`` streams from a detector's HDF5 file: after the
+    mirror's reframing, pvapy's AdImageUtility decompresses it (it reads no HDF5 header)."""
+    import h5py
+    import pvaccess as pva
+    from pvaflow.bridge.mirror import adcore_framing
+    from pvaflow.ops.synthetic import DATASET, write_hdf5
+    from pvapy.utility.adImageUtility import AdImageUtility
+
+    from pvaflow.frame import Codec
+
+    path = tmp_path / "f.h5"
+    pixels = write_hdf5(path, 1, (64, 96), codec=name, seed=3)[0]
+    with h5py.File(path) as f:
+        chunk = np.frombuffer(f[DATASET].id.read_direct_chunk((0, 0, 0))[1], np.uint8)
+    frame = Frame(chunk, unique_id=1,
+                  codec=Codec(name, np.dtype("uint16"), (64, 96), pixels.nbytes))
+    served = adcore_framing(frame)
+    assert len(served.array) < len(chunk)
+    assert np.array_equal(served.image, pixels) and np.array_equal(frame.image, pixels)
+    out = AdImageUtility.getDecompressor(name)(served.array, pva.USHORT, pixels.nbytes)
+    assert np.array_equal(np.asarray(out).reshape(64, 96), pixels)
+    # an NDPluginCodec payload is served as it is
+    payload, c = compress_image(pixels, name)
+    plain = Frame(payload, unique_id=2, codec=c)
+    assert adcore_framing(plain) is plain
