@@ -157,8 +157,10 @@ def demo(args: Any) -> int:
         args.fps = 10.0 if args.realistic else 100.0
     if args.size is None:
         args.size = 1024 if args.realistic else 128
-    if min(args.runtime, args.fps, args.size, args.partitions, args.frames) <= 0:
-        raise UsageError("--runtime, --fps, --size, --partitions and --frames must be > 0")
+    if args.runtime <= 0 or args.fps <= 0 or args.size <= 0 or args.partitions <= 0:
+        raise UsageError("--runtime, --fps, --size and --partitions must be > 0")
+    if args.frames <= 0:
+        raise UsageError("--frames must be > 0")
     run_id = uuid.uuid4().hex[:6]
     env = loopback_env()
     os.environ.update(env)
