@@ -16,6 +16,7 @@ from pvaflow.control import ComponentId
 from pvaflow.errors import EXIT_OK, ConfigError
 from pvaflow.kafka.topics import ensure_topic
 
+from .compress import DEFAULT_BACKLOG_MB, DEFAULT_THREADS, CodecPool
 from .intake import Intake
 from .plan import Plan
 from .producer import FrameProducer, topic_limits
@@ -72,6 +73,10 @@ class BridgeConfig:
     flush_timeout: float = 30.0
     producer_extra: Mapping[str, Any] = field(default_factory=dict)
     bridge_id: str = "1"
+    codec: str | None = None       # compress uncompressed sources with this codec
+    codec_threads: int = DEFAULT_THREADS
+    codec_backlog: int | None = None   # frames; None: default_backlog(codec_threads)
+    codec_backlog_mb: int = DEFAULT_BACKLOG_MB
 
 
 class Bridge:
@@ -84,6 +89,10 @@ class Bridge:
         self.config = config
         self.identity = ComponentId("bridge", "bridge", config.bridge_id)
         topics = assign_topics(config.channels, config.topics, config.shared_topic)
+        if config.codec is not None and config.fmt == "ad00":
+            raise ConfigError("--codec needs the native --format: ad00 has no codec field")
+        if config.codec_threads < 1:
+            raise ConfigError("--codec-threads must be at least 1")
         self.plans = [
             Plan(t, config.partitions, config.updates, config.sets,
                  1 if config.first is None else config.first)
@@ -92,6 +101,8 @@ class Bridge:
         self.channels = [ChannelStats(c, t) for c, t in zip(config.channels, topics, strict=True)]
         self.producer: FrameProducer | None = None
         self.sources: list[Source] = []
+        self.intakes: list[Intake] = []
+        self.codec_pool: CodecPool | None = None
         self.drainer: Drainer | None = None
         self._ctx: Context | None = None
         self._reporter = Reporter(self.channels)
@@ -114,10 +125,18 @@ class Bridge:
             sender, limits=limits,
             client_limit=int(conf.get("message.max.bytes", 1_000_000)))
         try:
+            if c.codec is not None:
+                self.codec_pool = CodecPool(
+                    c.codec, c.codec_threads, max_frames=c.codec_backlog,
+                    max_bytes=c.codec_backlog_mb << 20)
+                log.info("compressing uncompressed frames with %s",
+                         self.codec_pool.describe())
             for plan, stats in zip(self.plans, self.channels, strict=True):
                 log.info("routing %s: %s", stats.channel, plan.describe())
                 intake = Intake(stats.channel, plan, self.producer, stats, fmt=c.fmt,
-                                auto_first=c.first is None)
+                                auto_first=c.first is None, codec=self.codec_pool,
+                                borrowed=c.receiver_queue_size < 0)
+                self.intakes.append(intake)
                 self.sources.append(Source(
                     stats.channel, intake, stats, server_queue_size=c.server_queue_size,
                     receiver_queue_size=c.receiver_queue_size))
@@ -196,10 +215,17 @@ class Bridge:
         return limits
 
     def _stop_sources(self) -> None:
+        """Stop the monitors, hand on what the client queues hold, then send what the codec
+        stage holds: afterwards every received frame is produced or counted as dropped."""
         for src in self.sources:
             src.stop()
         if self.drainer is not None:
             self.drainer.stop()
+        for intake in self.intakes:
+            intake.close()
+        self.intakes.clear()
+        if self.codec_pool is not None:
+            self.codec_pool.close()
 
     def update_counters(self) -> None:
         for src in self.sources:

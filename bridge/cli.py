@@ -6,6 +6,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from pvaflow.codecs import NONE, installed_codecs
 from pvaflow.component import RunOptions, run_component
 from pvaflow.control import CONTROL_TOPIC, STATUS_TOPIC
 from pvaflow.errors import ConfigError
@@ -24,6 +25,7 @@ from pvaflow.options import (
 )
 
 from .bridge import Bridge, BridgeConfig
+from .compress import DEFAULT_BACKLOG_MB, DEFAULT_THREADS
 from .intake import FORMATS
 from .plan import parse_sets
 
@@ -66,6 +68,20 @@ def build_parser() -> Parser:
                         "counted (default: 2)")
     o.add_argument("--flush-timeout", type=non_negative, default=30.0, metavar="SECONDS",
                    help="at exit, how long to wait for outstanding deliveries (default: 30)")
+    c = p.add_argument_group("compression (areaDetector codecs)")
+    c.add_argument("--codec", type=bridge_codec, default=None, metavar="NAME",
+                   help="compress uncompressed frames with this codec before producing "
+                        f"({', '.join(installed_codecs())}); frames that arrive compressed "
+                        "are forwarded as they are (default: none)")
+    c.add_argument("--codec-threads", type=positive_int, default=DEFAULT_THREADS, metavar="N",
+                   help=f"threads compressing (default: {DEFAULT_THREADS})")
+    c.add_argument("--codec-backlog", type=positive_int, default=None, metavar="N",
+                   help="frames waiting for or in compression before intake waits "
+                        "(default: 4 x --codec-threads)")
+    c.add_argument("--codec-backlog-mb", type=positive_int, default=DEFAULT_BACKLOG_MB,
+                   metavar="MB",
+                   help="source megabytes waiting for or in compression before intake waits "
+                        f"(default: {DEFAULT_BACKLOG_MB})")
     d = p.add_argument_group("distribution (PvaPy distributor semantics)")
     d.add_argument(*flags("--distributor-updates"), type=positive_int, default=1, metavar="N",
                    help="sequential updates per block: block b = (uniqueId - first) // N "
@@ -102,7 +118,19 @@ def config_from_args(args: argparse.Namespace) -> BridgeConfig:
         server_queue_size=args.server_queue_size, receiver_queue_size=args.receiver_queue_size,
         fmt=args.fmt, topic_config=dict(args.topic_config), max_wait=args.max_buffer_wait,
         flush_timeout=args.flush_timeout, bridge_id=args.bridge_id,
+        codec=args.codec, codec_threads=args.codec_threads, codec_backlog=args.codec_backlog,
+        codec_backlog_mb=args.codec_backlog_mb,
     )
+
+
+def bridge_codec(value: str) -> str | None:
+    """argparse ``type=`` for ``--codec``: an installed codec name, or ``none``."""
+    if value == NONE:
+        return None
+    names = installed_codecs()
+    if value not in names:
+        raise argparse.ArgumentTypeError(f"choose none or one of {', '.join(names)}")
+    return value
 
 
 def run_options(prog: str, args: argparse.Namespace) -> RunOptions:

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from typing import Any
 
 from pvaflow import codec
 from pvaflow.codec import FrameError, Headers
+from pvaflow.frame import Frame
 from pvaflow.ntnda import frame_from_ntnda
 
 from . import ad00
+from .compress import CodecPool, CodecStage
 from .loss import LossTracker, Seen
 from .plan import PLAN_HEADER, Plan
 from .producer import Encoded, FrameProducer
@@ -27,6 +30,11 @@ class Intake:
     ``auto_first`` anchors the plan at the first uniqueId received (and again after a source
     restart), like a distributor that starts counting when it starts; otherwise the plan is
     fixed, so a replay or a second bridge routes identically.
+
+    With a ``codec`` pool, frames go through a :class:`~.compress.CodecStage` (compressed on
+    the pool, produced in arrival order by the stage's sender thread). ``borrowed``: the
+    update's buffer is only valid during the call (pvapy's monitor callback without a
+    client queue), so a frame kept for later is copied first.
     """
 
     def __init__(
@@ -38,6 +46,8 @@ class Intake:
         *,
         fmt: str = "native",
         auto_first: bool = False,
+        codec: CodecPool | None = None,
+        borrowed: bool = False,
     ) -> None:
         if fmt not in FORMATS:
             raise ValueError(f"unknown format {fmt!r}; one of {', '.join(FORMATS)}")
@@ -47,6 +57,9 @@ class Intake:
         self.tracker = LossTracker()
         self._fmt = fmt
         self._auto_first = auto_first
+        self._borrowed = borrowed
+        self.stage = (CodecStage(channel, codec, producer, stats, self._encode)
+                      if codec is not None else None)
         self._set_plan(plan)
 
     def _set_plan(self, plan: Plan) -> None:
@@ -88,22 +101,33 @@ class Intake:
         if s.first_id is None:
             s.first_id = uid
         s.last_id = uid
+        route = self.plan.route(uid)
+        if self.stage is not None:
+            if self._borrowed:
+                frame = replace(frame, array=frame.array.copy())
+                pv = None
+            self.stage.submit(frame, route, self._extra, pv)
+            return
         try:
-            encoded = self._encode(frame)
+            encoded = self._encode(frame, self._extra)
         except FrameError as exc:
             s.dropped["invalid"] += 1
             log.error("cannot encode uniqueId %d of %s: %s", uid, self.channel, exc)
             return
-        route = self.plan.route(uid)
         try:
             self.producer.send(route.topic, route.partition, encoded, s, uid)
         except Exception:
             s.dropped["produce_error"] += 1
             raise
 
-    def _encode(self, frame: Any) -> Encoded:
+    def close(self) -> None:
+        """Produce what the codec stage still holds (after the source stopped)."""
+        if self.stage is not None:
+            self.stage.close()
+
+    def _encode(self, frame: Frame, extra: Headers) -> Encoded:
         if self._fmt == "ad00":
             key, raw, headers = ad00.encode(frame)
-            return key, raw, headers + self._extra
+            return key, raw, headers + extra
         key, value, headers = codec.encode(frame, sequence=-1)
-        return key, value, headers + self._extra
+        return key, value, headers + extra

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import json
 import logging
+import struct
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import pvaccess as pva
@@ -22,9 +23,11 @@ from prometheus_client.registry import Collector
 
 from pvaflow import codec
 from pvaflow.codec import FrameError
+from pvaflow.codecs import Bslz4
 from pvaflow.component import TICK, Context
 from pvaflow.control import ComponentId
 from pvaflow.errors import EXIT_OK, ConfigError, TopicError
+from pvaflow.frame import Frame
 from pvaflow.kafka.positions import Positions, ReplaySpec
 from pvaflow.ntnda import ntnda_from_frame
 from pvaflow.status import StatusSchema
@@ -56,6 +59,40 @@ class MirrorStats:
         # in place: the Prometheus collector holds this object
         self.received = self.served = self.invalid = 0
         self.last_id = None
+
+
+_HDF5_HEADER = struct.Struct(">QI")  # total size, block size (bytes), big-endian
+
+
+def adcore_framing(frame: Frame) -> Frame:
+    """The frame with its payload framed as areaDetector's NDPluginCodec frames it, which is
+    what PvaPy's ``AdImageUtility`` (and so pvapy plugins and viewers) decompress.
+
+    Detectors that stream HDF5 chunks (Dectris, ``pvapy-ad-sim-server -hcm``) put a 12-byte
+    header (total size, block size) before the bslz4 blocks, and the HDF5 LZ4 filter's
+    framing before an LZ4 block. When the rest is exactly what NDPluginCodec writes (bslz4
+    at bitshuffle's default block size; one compressed LZ4 block) the header is dropped, a
+    slice of the same bytes; anything else is served as it came (never recompressed)."""
+    c = frame.codec
+    payload = frame.array
+    if c is None or payload.dtype != "uint8" or payload.ndim != 1:
+        return frame
+    nbytes = c.uncompressed_size
+    size = len(payload)
+    if size < 16:
+        return frame
+    total, block = _HDF5_HEADER.unpack(payload[:12].tobytes())
+    if total != nbytes:
+        return frame
+    if c.name == "bslz4":
+        itemsize = c.dtype.itemsize
+        if block == Bslz4.default_block(itemsize) * itemsize:
+            return replace(frame, array=payload[12:])
+    elif c.name == "lz4" and block >= nbytes:
+        csize = int.from_bytes(payload[12:16].tobytes(), "big")
+        if csize != nbytes and 16 + csize == size:
+            return replace(frame, array=payload[16:])
+    return frame
 
 
 class MirrorCollector(Collector):
@@ -185,7 +222,7 @@ class Mirror:
                 frame = ad00.decode(value or b"")
             else:
                 frame = codec.decode(key, value, headers)
-            nt = ntnda_from_frame(frame)
+            nt = ntnda_from_frame(adcore_framing(frame))
         except FrameError as exc:
             s.invalid += 1
             if s.invalid <= 10:

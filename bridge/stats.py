@@ -25,7 +25,8 @@ from prometheus_client.registry import Collector
 from pvaflow.metrics import LATENCY_BUCKETS
 from pvaflow.status import StatusSchema
 
-DROP_REASONS = ("buffer_full", "too_large", "invalid", "produce_error", "unflushed")
+DROP_REASONS = ("buffer_full", "too_large", "invalid", "produce_error", "unflushed",
+                "codec_error")
 
 # How the monitor reads :func:`totals`; renaming one of these keys must fail the schema test,
 # not silently show zero in the pipeline view.
@@ -33,7 +34,7 @@ STATUS_SCHEMA = StatusSchema(
     "bridge", frames_in="received", frames_out="delivered",
     lost={"source_gaps": "missed", "overruns": "overruns", "dropped": "dropped",
           "delivery_errors": "delivery_errors"},
-    extra=("produced", "in_flight"))
+    extra=("produced", "in_flight", "compressing", "codec_seconds"))
 
 
 @dataclass
@@ -56,6 +57,12 @@ class ChannelStats:
     restarts: int = 0          # uniqueId went backwards: the source restarted
     duplicates: int = 0        # same uniqueId again (a reconnect re-sends the current value)
     empty: int = 0             # updates without a value (a fresh record's initial state)
+    # --codec: frames handed to the codec stage (intake thread) and leaving it (its sender
+    # thread), frames the bridge compressed and the CPU seconds that took (sender thread)
+    codec_queued: int = 0
+    codec_done: int = 0
+    codec_frames: int = 0
+    codec_seconds: float = 0.0
     first_id: int | None = None
     last_id: int | None = None
     dropped: dict[str, int] = field(default_factory=lambda: dict.fromkeys(DROP_REASONS, 0))
@@ -65,6 +72,11 @@ class ChannelStats:
     @property
     def dropped_total(self) -> int:
         return sum(self.dropped.values())
+
+    @property
+    def compressing(self) -> int:
+        """Frames in the codec stage: received, not yet produced or dropped."""
+        return self.codec_queued - self.codec_done
 
     @property
     def in_flight(self) -> int:
@@ -84,6 +96,8 @@ class ChannelStats:
             "missed": self.missed, "overruns": self.overruns,
             "queue_rejected": self.queue_rejected, "restarts": self.restarts,
             "duplicates": self.duplicates, "empty": self.empty, "in_flight": self.in_flight,
+            "compressing": self.compressing, "codec_frames": self.codec_frames,
+            "codec_seconds": round(self.codec_seconds, 6),
             "first_id": self.first_id, "last_id": self.last_id,
         }
 
@@ -120,6 +134,7 @@ class Reporter:
                 f"{mbps:.2f} MB/s)  in flight: {s.in_flight}  delivery errors: "
                 f"{s.delivery_errors}  dropped: {s.dropped_total}"
                 + (f" {_nonzero(s.dropped)}" if s.dropped_total else "")
+                + (_codec_line(s) if s.codec_queued or s.codec_frames else "")
             )
         self._last_t = now
         return "\n".join(lines)
@@ -135,7 +150,7 @@ def totals(stats: Iterable[ChannelStats]) -> dict[str, Any]:
                 if v is not None:
                     pick = min if k == "first_id" else max
                     total[k] = v if total.get(k) is None else pick(total[k], v)
-            elif isinstance(v, int) and not isinstance(v, bool):
+            elif isinstance(v, int | float) and not isinstance(v, bool):
                 total[k] = total.get(k, 0) + v
     return total
 
@@ -151,6 +166,14 @@ def parse_final(output: str) -> list[dict[str, Any]]:
             result: list[dict[str, Any]] = json.loads(line.split(" ", 2)[2])
             return result
     raise ValueError("no final statistics line in the output")
+
+
+def _codec_line(s: ChannelStats) -> str:
+    per_frame = s.codec_seconds / s.codec_frames * 1e3 if s.codec_frames else 0.0
+    ratio = s.bytes_received / s.bytes_produced if s.bytes_produced else 0.0
+    return (f"\n    compressed: {s.codec_frames} ({s.codec_seconds:.2f} s CPU, "
+            f"{per_frame:.2f} ms/frame)  compressing: {s.compressing}  "
+            f"received/produced bytes: {ratio:.2f}")
 
 
 def _nonzero(d: dict[str, int]) -> dict[str, int]:
@@ -169,6 +192,8 @@ _COUNTERS: tuple[tuple[str, str, str], ...] = (
     ("source_overruns", "overruns", "PVA monitor overruns"),
     ("client_queue_rejected_frames", "queue_rejected", "frames refused by a full client queue"),
     ("source_restarts", "restarts", "source restarts (uniqueId went backwards)"),
+    ("codec_frames", "codec_frames", "frames the bridge compressed (--codec)"),
+    ("codec_seconds", "codec_seconds", "CPU seconds the bridge spent compressing (--codec)"),
 )
 
 
@@ -199,6 +224,12 @@ class BridgeCollector(Collector):
         for s in self._stats:
             inflight.add_metric(["bridge", s.channel, s.topic], s.in_flight)
         yield inflight
+        compressing = GaugeMetricFamily(
+            "pvaflow_bridge_codec_pending_frames",
+            "frames in the codec stage (received, not yet produced)", labels=labels)
+        for s in self._stats:
+            compressing.add_metric(["bridge", s.channel, s.topic], s.compressing)
+        yield compressing
         if self._queue_depth is not None:
             depth = GaugeMetricFamily(
                 "pvaflow_bridge_producer_queue_messages",

@@ -72,10 +72,16 @@ def sim_args(
     channel: str, *, nx: int = 64, ny: int = 64, datatype: str = "uint8", fps: float = 10.0,
     runtime: float = 3600.0, n_frames: int = 10, total_frames: int | None = None,
     start_delay: float = 0.0, report_period: int = 0, color_mode: int = 0,
-    extra_args: Sequence[str] = (),
+    input_file: str | Path | None = None, hdf5_dataset: str | None = None,
+    hdf5_compressed: bool = False, extra_args: Sequence[str] = (),
 ) -> list[str]:
     """Command line for the sim server. ``n_frames`` distinct frames are published
-    round-robin until ``runtime``; ``total_frames=N`` publishes exactly N, then exits."""
+    round-robin until ``runtime``; ``total_frames=N`` publishes exactly N, then exits.
+
+    File mode: ``input_file`` streams the frames of that file instead of random ones (``nx``,
+    ``ny``, ``datatype`` then come from the file); an HDF5 file needs ``hdf5_dataset``, and
+    ``hdf5_compressed`` streams its compressed chunks as they are stored (``-hcm``: bslz4,
+    lz4 or blosc NTNDArrays, as a compressing detector serves them)."""
     args = [sim_server_exe(), "-cn", channel, "-nx", str(nx), "-ny", str(ny), "-dt", datatype,
             "-fps", str(fps), "-rt", str(runtime), "-std", str(start_delay), "-shd", "0",
             "-rp", str(report_period), "-cm", str(color_mode), "-dc"]
@@ -86,6 +92,14 @@ def sim_args(
         args += ["-nf", str(total_frames), "-cs", str(total_frames - 1)]
     else:
         args += ["-nf", str(n_frames)]
+    if input_file is not None:
+        args += ["-if", str(input_file)]
+        if hdf5_dataset is not None:
+            args += ["-hds", hdf5_dataset]
+        if hdf5_compressed:
+            args.append("-hcm")
+    elif hdf5_dataset is not None or hdf5_compressed:
+        raise ValueError("hdf5_dataset and hdf5_compressed need an input_file")
     return args + list(extra_args)
 
 
