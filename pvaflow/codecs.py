@@ -31,6 +31,7 @@ class (or instance) with a ``name`` and the two methods of ``FrameCodec``.
 
 from __future__ import annotations
 
+import argparse
 import logging
 import math
 import struct
@@ -42,7 +43,7 @@ from typing import Any, Protocol, cast, runtime_checkable
 
 import numpy as np
 
-from .errors import FrameError, UsageError
+from .errors import FrameError
 from .frame import SUPPORTED_DTYPES, Codec, Frame
 
 log = logging.getLogger(__name__)
@@ -467,6 +468,6 @@ def output_codec(value: str) -> str:
         return value
     names = installed_codecs()
     if value not in names:
-        raise UsageError(f"--output-codec {value!r}: choose same, none or one of "
-                         f"{', '.join(names)}")
+        raise argparse.ArgumentTypeError(
+            f"{value!r}: choose same, none or one of {', '.join(names)}")
     return value

@@ -3,6 +3,7 @@ the lazy pixel API, the output-codec policy and hostile payloads."""
 
 from __future__ import annotations
 
+import argparse
 import struct
 from dataclasses import replace
 from importlib.metadata import EntryPoint
@@ -28,7 +29,7 @@ from pvaflow.codecs import (
     register_codec,
     unregister_codec,
 )
-from pvaflow.errors import FrameError, UsageError
+from pvaflow.errors import FrameError
 from pvaflow.frame import SUPPORTED_DTYPES, Codec, Frame
 from pvaflow.ntnda import frame_from_ntnda, ntnda_from_frame
 
@@ -235,7 +236,8 @@ def test_output_codec_option() -> None:
     assert output_codec("same") == "same"
     assert output_codec("none") == "none"
     assert output_codec("bslz4") == "bslz4"
-    with pytest.raises(UsageError, match="choose same, none or one of blosc, bslz4, lz4"):
+    with pytest.raises(argparse.ArgumentTypeError,
+                       match="choose same, none or one of blosc, bslz4, lz4"):
         output_codec("jpeg")
 
 
