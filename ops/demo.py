@@ -21,20 +21,21 @@ from typing import Any
 from pvaflow.component import run_command
 from pvaflow.errors import PvaflowError, UsageError
 from pvaflow.kafka.settings import ENV_BOOTSTRAP
-from pvaflow.options import Parser, flags, parse
+from pvaflow.options import Parser, add_log_args, flags, parse
 
 from .broker import external_or_local
 from .monitor import latest_from_messages, pipeline_view
-from .pipeline import components, start, stop_all
+from .pipeline import components, start, stop_all, with_log_format
 from .simulator import SimServer, loopback_env, sim_args
 from .status_cli import read_status_topic, render
 
 
-def spec(bootstrap: str, channel: str, run_id: str, partitions: int) -> dict[str, Any]:
+def spec(bootstrap: str, channel: str, run_id: str, partitions: int,
+         log_format: str = "text") -> dict[str, Any]:
     """The demo graph, in the same shape as a ``pvaflow run`` pipeline file."""
     status, control = f"demo.{run_id}.status", f"demo.{run_id}.control"
     frames, rotated = f"demo.{run_id}.frames", f"demo.{run_id}.rotated"
-    return {
+    graph = {
         "bootstrap_servers": bootstrap,
         "control_topic": control,
         "status_topic": status,
@@ -47,6 +48,7 @@ def spec(bootstrap: str, channel: str, run_id: str, partitions: int) -> dict[str
         "bridge": {"input_channel": [channel], "topic": [frames], "partitions": partitions,
                    "report_period": 2, "log_level": "warning"},
     }
+    return with_log_format(graph, log_format)
 
 
 @contextlib.contextmanager
@@ -85,7 +87,12 @@ def build_parser() -> Parser:
                    help="image side in pixels (default: 128)")
     p.add_argument("--partitions", type=int, default=2, metavar="N",
                    help="frames topic partitions (default: 2)")
-    p.add_argument("--log-level", default="warning", help=argparse.SUPPRESS)
+    add_log_args(p.add_argument_group("logging"))
+    # the demo talks through its [demo] lines; its own log only says what went wrong
+    p.set_defaults(log_level="warning")
+    for action in p._actions:
+        if action.dest == "log_level":
+            action.help = (action.help or "").replace("default: info", "default: warning")
     return p
 
 
@@ -105,7 +112,7 @@ def demo(args: Any) -> int:
         sim = SimServer(sim_args(channel, nx=args.size, ny=args.size, fps=args.fps,
                                  runtime=args.runtime + 30, n_frames=100, start_delay=2),
                         channel, env, Path(tmp) / "sim.log")
-        graph = spec(boot, channel, run_id, args.partitions)
+        graph = spec(boot, channel, run_id, args.partitions, args.log_format)
         logs = Path("out", f"demo-{run_id}").resolve()
         procs = start(components(graph), log_dir=logs)
         say(f"component logs: {logs}/")
