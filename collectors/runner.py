@@ -12,6 +12,7 @@ run on the same thread as the plugin and need no lock.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
@@ -408,9 +409,12 @@ class Collector:
         that failed is neither lost silently nor dead-lettered twice after a restart."""
         self.errors += 1
         reason = getattr(exc, "reason", None) or f"{type(exc).__name__}: {exc}"
+        uid = None  # the frame id, for --log-format json (an undecodable key has none)
+        with contextlib.suppress(FrameError):
+            uid = codec.decode_key(msg.key())
         log.warning("collector %s: %s[%s]@%s -> %s (%s): %s", self.identity, msg.topic(),
                     msg.partition(), msg.offset(), self.cfg.dlq_topic or "dropped", stage,
-                    reason)
+                    reason, extra={"unique_id": uid})
         if self.cfg.dlq_topic:
             self._send(self.cfg.dlq_topic, msg.value(), msg.key(),
                        dlq_headers(msg, stage, exc, str(self.identity)), partition=None)

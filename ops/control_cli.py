@@ -22,7 +22,7 @@ from pvaflow.control import COMMANDS, CONTROL_TOPIC, STATUS_TOPIC, ComponentId, 
 from pvaflow.errors import PvaflowError
 from pvaflow.kafka.client import Kafka
 from pvaflow.kafka.topics import ensure_topic, watermarks
-from pvaflow.options import Parser, add_kafka_args, parse
+from pvaflow.options import Parser, add_kafka_args, add_log_args, parse
 
 from .monitor import STALE_AFTER
 from .status_cli import DEFAULT_MONITOR, get_view, quiet_kafka_warnings
@@ -48,6 +48,7 @@ def build_parser() -> Parser:
     p.add_argument("--status-topic", default=STATUS_TOPIC, help="(default: %(default)s)")
     p.add_argument("--json", action="store_true", help="print the replies as JSON lines")
     add_kafka_args(p)
+    add_log_args(p.add_argument_group("logging"))
     return p
 
 

@@ -27,18 +27,18 @@ from typing import Any
 from pvaflow.component import run_command
 from pvaflow.errors import PvaflowError, UsageError
 from pvaflow.kafka.settings import ENV_BOOTSTRAP
-from pvaflow.options import Parser, flags, parse
+from pvaflow.options import Parser, add_log_args, flags, parse
 
 from .broker import external_or_local
 from .monitor import latest_from_messages, pipeline_view
-from .pipeline import components, start, stop_all
+from .pipeline import components, start, stop_all, with_log_format
 from .simulator import SimServer, loopback_env, sim_args
 from .status_cli import read_status_topic, render
 from .synthetic import DATASET
 
 
 def spec(bootstrap: str, channel: str, run_id: str, partitions: int,
-         output_dir: Path | None = None) -> dict[str, Any]:
+         output_dir: Path | None = None, log_format: str = "text") -> dict[str, Any]:
     """The demo graph, in the same shape as a ``pvaflow run`` pipeline file; with
     ``output_dir`` the collector also writes the ordered frames to an HDF5 file there."""
     status, control = f"demo.{run_id}.status", f"demo.{run_id}.control"
@@ -58,7 +58,7 @@ def spec(bootstrap: str, channel: str, run_id: str, partitions: int,
     }
     if output_dir is not None:
         graph["collector"].update(output_dir=str(output_dir), output_format="h5")
-    return graph
+    return with_log_format(graph, log_format)
 
 
 def hdf5_result(output_dir: Path) -> str:
@@ -123,7 +123,12 @@ def build_parser() -> Parser:
                         "(default: 20)")
     p.add_argument("--partitions", type=int, default=2, metavar="N",
                    help="frames topic partitions (default: 2)")
-    p.add_argument(*flags("--log-level"), default="warning", help=argparse.SUPPRESS)
+    add_log_args(p.add_argument_group("logging"))
+    # the demo talks through its [demo] lines; its own log only says what went wrong
+    p.set_defaults(log_level="warning")
+    for action in p._actions:
+        if action.dest == "log_level":
+            action.help = (action.help or "").replace("default: info", "default: warning")
     return p
 
 
@@ -169,7 +174,7 @@ def demo(args: Any) -> int:
         sim, described = source(args, channel, env, Path(tmp))
         logs = Path("out", f"demo-{run_id}").resolve()
         output_dir = logs / "h5" if args.realistic else None
-        graph = spec(boot, channel, run_id, args.partitions, output_dir)
+        graph = spec(boot, channel, run_id, args.partitions, output_dir, args.log_format)
         procs = start(components(graph), log_dir=logs)
         say(f"component logs: {logs}/")
         try:

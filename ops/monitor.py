@@ -4,7 +4,8 @@ Every component publishes its stats to the status topic each report period (see
 :mod:`pvaflow.control`). One faust agent (concurrency 1) keeps the latest message per component
 in a Table; the Table's changelog topic is what lets a restarted monitor come back with the same
 totals. The web server serves ``/status`` (JSON) and ``/metrics`` (Prometheus text), both
-computed from the Table on request.
+computed from the Table on request, and Kubernetes' probes: ``/healthz`` (the event loop
+answers and the agent runs) and ``/readyz`` (the status topic is assigned and Kafka answers).
 
 What a stage's frames in, out and lost are comes from the :class:`~pvaflow.status.StatusSchema`
 every status message carries, so the monitor knows no wing's stats keys. The aggregation
@@ -20,10 +21,12 @@ SCRAM, TLS).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
 import signal
+import socket
 import sys
 import tempfile
 import threading
@@ -41,7 +44,7 @@ from pvaflow.control import STATUS_TOPIC
 from pvaflow.kafka.aio import AioSettings
 from pvaflow.kafka.client import Kafka
 from pvaflow.kafka.topics import ensure_topic
-from pvaflow.options import Parser, add_kafka_args, add_run_args, parse
+from pvaflow.options import Parser, add_kafka_args, add_run_args, parse, set_log_identity
 from pvaflow.status import STAGE_ORDER, StatusSchema, generic
 
 from . import page
@@ -247,13 +250,15 @@ def build_app(
     kafka: AioSettings | str, *, app_id: str = APP_ID, status_topic: str = STATUS_TOPIC,
     web_host: str = "127.0.0.1", web_port: int = 6066, stale_after: float = STALE_AFTER,
     data_dir: str | None = None, thumbnails: Thumbnails | None = None,
+    kafka_check: Callable[[], str | None] | None = None,
 ) -> tuple[Any, Callable[[], dict[str, Any]]]:
     """The faust app and a function returning the current view (for other exporters).
 
     ``kafka`` says where and how to connect (:class:`~pvaflow.kafka.aio.AioSettings`, from the
     same ``-b`` / ``-X`` / ``PVAFLOW_KAFKA_*`` settings every command reads), or is a plain
     bootstrap string for a PLAINTEXT cluster. ``thumbnails`` feeds the status page's
-    pictures (:mod:`pvaflow.ops.page`).
+    pictures (:mod:`pvaflow.ops.page`). ``kafka_check`` (blocking; run off the event
+    loop) returns why Kafka is not usable, or None, for ``/readyz``.
     """
     import faust
 
@@ -298,7 +303,58 @@ def build_app(
         # aiohttp adds the charset itself and refuses one inside content_type.
         return web.text(metrics_text(view()).decode(), content_type=PROM_CONTENT_TYPE)
 
+    @app.page("/healthz")
+    async def healthz_page(web: Any, request: Any) -> Any:
+        # Answering at all means the event loop turns; the agent must be alive too.
+        return _probe(web, agent_problem(ingest))
+
+    @app.page("/readyz")
+    async def readyz_page(web: Any, request: Any) -> Any:
+        reason = agent_problem(ingest) or assignment_problem(app, status_topic)
+        if reason is None and kafka_check is not None:
+            reason = await asyncio.get_running_loop().run_in_executor(None, kafka_check)
+        return _probe(web, reason)
+
     return app, view
+
+
+def _probe(web: Any, reason: str | None) -> Any:
+    return web.text(f"{reason or 'ok'}\n", status=503 if reason else 200)
+
+
+def agent_problem(agent: Any) -> str | None:
+    """Why the status agent is not working (crashed, or all its actors ended), or None."""
+    if agent.crashed:
+        return f"the status agent crashed: {agent.crash_reason!r}"
+    tasks = [a.actor_task for a in list(agent._actors) if a.actor_task is not None]
+    if agent.started and tasks and all(t.done() for t in tasks):
+        return "the status agent has stopped"
+    return None
+
+
+def assignment_problem(app: Any, status_topic: str) -> str | None:
+    if not any(tp.topic == status_topic for tp in app.consumer.assignment()):
+        return f"status topic {status_topic} not assigned yet"
+    return None
+
+
+def kafka_checker(kafka: Kafka, status_topic: str, timeout: float = 3.0
+                  ) -> Callable[[], str | None]:
+    """A readiness check: the cluster answers a metadata request for the status topic."""
+    admin: list[Any] = []
+
+    def check() -> str | None:
+        if not admin:
+            admin.append(kafka.admin())
+        try:
+            md = admin[0].list_topics(topic=status_topic, timeout=timeout)
+        except KafkaException as exc:
+            return f"Kafka at {kafka.bootstrap} unreachable ({exc.args[0] if exc.args else exc})"
+        if not md.brokers:
+            return f"Kafka at {kafka.bootstrap} unreachable (no broker answered)"
+        return None
+
+    return check
 
 
 def build_parser() -> Parser:
@@ -347,6 +403,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     prog = "pvaflow-monitor"
 
     def body() -> int:
+        set_log_identity("monitor", args.app_id,
+                         os.environ.get("POD_NAME") or socket.gethostname())
         aio = prepare(args)
         return serve(args, aio)
 
@@ -362,7 +420,8 @@ def serve(args: Any, aio: AioSettings) -> int:
     app, view = build_app(aio, app_id=args.app_id, status_topic=args.status_topic,
                           web_host=args.web_host, web_port=args.web_port,
                           stale_after=args.stale_after, data_dir=args.data_dir,
-                          thumbnails=thumbnails)
+                          thumbnails=thumbnails,
+                          kafka_check=kafka_checker(Kafka.from_args(args), args.status_topic))
     if args.metrics_port is not None:
         from prometheus_client import REGISTRY
 
@@ -374,7 +433,10 @@ def serve(args: Any, aio: AioSettings) -> int:
         timer = threading.Timer(args.runtime, os.kill, (os.getpid(), signal.SIGTERM))
         timer.daemon = True
         timer.start()
-    worker = faust.Worker(app, loglevel=args.log_level, quiet=True, redirect_stdouts=False)
+    # faust would configure logging itself (colour, on stdout): keep the handler -ll and
+    # --log-format set up, so its lines and aiokafka's read like every other pvaflow line.
+    worker = faust.Worker(app, loglevel=args.log_level, quiet=True, redirect_stdouts=False,
+                          override_logging=False)
     try:
         worker.execute_from_commandline()
     finally:

@@ -194,14 +194,33 @@ def components(spec: Mapping[str, Any]) -> list[Component]:
     return out
 
 
-def load(path: str | Path) -> list[Component]:
+def load(path: str | Path, log_format: str = "text") -> list[Component]:
+    """The components of a pipeline file; ``log_format`` (``pvaflow run --log-format``) is
+    every component's unless the file sets its own."""
     try:
         spec = yaml.safe_load(Path(path).read_text())
     except OSError as exc:
         raise PipelineError(f"cannot read {path}: {exc.strerror}") from exc
     except yaml.YAMLError as exc:
         raise PipelineError(f"{path} is not valid YAML: {exc}") from exc
-    return components(spec)
+    return components(with_log_format(spec, log_format))
+
+
+def with_log_format(spec: Any, log_format: str) -> Any:
+    """``spec`` with ``log_format`` set on every component that does not set its own
+    (``text``, the components' default, leaves it as it is)."""
+    if log_format == "text" or not isinstance(spec, Mapping):
+        return spec
+    out = dict(spec)
+    for role, _program in ROLES:
+        for key in (role, *[a for a, r in ALIASES.items() if r == role]):
+            entries = out.get(key)
+            if isinstance(entries, list):
+                out[key] = [{"log_format": log_format, **e} if isinstance(e, Mapping) else e
+                            for e in entries]
+            elif isinstance(entries, Mapping):  # None: the role is not there
+                out[key] = {"log_format": log_format, **entries}
+    return out
 
 
 Running = list[tuple[Component, "subprocess.Popen[bytes]"]]
@@ -283,7 +302,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse(build_parser(), argv)
 
     def body() -> int:
-        parts = load(args.file)
+        parts = load(args.file, args.log_format)
         if args.dry_run:
             for part in parts:
                 print(f"{part.name}: {part.shown()}")

@@ -22,7 +22,7 @@ from pvaflow.control import STATUS_TOPIC
 from pvaflow.errors import PvaflowError
 from pvaflow.kafka.client import Kafka
 from pvaflow.kafka.topics import read_partition
-from pvaflow.options import Parser, add_kafka_args, parse
+from pvaflow.options import Parser, add_kafka_args, add_log_args, parse
 
 from .monitor import STALE_AFTER, latest_from_messages, pipeline_view
 
@@ -166,6 +166,7 @@ def build_parser() -> Parser:
     p.add_argument("--watch", "-w", nargs="?", type=float, const=2.0, default=None,
                    metavar="SECONDS", help="refresh every SECONDS (default 2) until Ctrl-C")
     add_kafka_args(p)
+    add_log_args(p.add_argument_group("logging"))
     return p
 
 

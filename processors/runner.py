@@ -30,7 +30,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Produ
 from confluent_kafka.admin import AdminClient
 from prometheus_client.registry import Collector
 
-from pvaflow.codec import FrameError, decode, encode
+from pvaflow.codec import FrameError, decode, decode_key, encode
 from pvaflow.component import Context
 from pvaflow.control import ComponentId
 from pvaflow.dlq import dlq_headers
@@ -374,8 +374,11 @@ class Runner:
 
     def _dead_letter(self, msg: Message, stage: str, exc: BaseException, rec: Any) -> None:
         reason = getattr(exc, "reason", None) or f"{type(exc).__name__}: {exc}"
+        uid = None  # the frame id, for --log-format json (an undecodable key has none)
+        with contextlib.suppress(FrameError):
+            uid = decode_key(msg.key())
         log.warning("consumer %s: %s[%d]@%d -> DLQ (%s): %s", self.cfg.name, msg.topic(),
-                    msg.partition(), msg.offset(), stage, reason)
+                    msg.partition(), msg.offset(), stage, reason, extra={"unique_id": uid})
         if not self.cfg.dlq_topic:
             return
         headers = dlq_headers(msg, stage, exc, self.cfg.name)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from pvaflow.component import fail
 from pvaflow.errors import PvaflowError
-from pvaflow.options import Parser
+from pvaflow.options import Parser, add_log_args, parse
 
 from .cluster import LocalCluster
 from .daemon import clear_state, describe, running_pids, write_cluster_state, write_state
@@ -89,6 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     def common(p: argparse.ArgumentParser, *, ports: bool, timeout: float | None) -> None:
+        add_log_args(p.add_argument_group("logging"))
         p.add_argument("--kafka-version", type=_version, default=None,
                        help=f"Kafka version ($KAFKA_VERSION, default {DEFAULT_KAFKA_VERSION})")
         p.add_argument("--cache-dir", type=Path, default=None,
@@ -296,7 +297,7 @@ def _cmd_status(args: argparse.Namespace, data_dir: Path) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``pvaflow-broker``; returns the exit status."""
-    args = build_parser().parse_args(argv)
+    args = parse(build_parser(), argv)
     try:
         if args.command == "fetch":
             t0 = time.monotonic()

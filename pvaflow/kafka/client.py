@@ -285,7 +285,9 @@ class Kafka:
     def _probe(self) -> bool:
         admin = self._admin_for_probe()
         try:
-            admin.list_topics(timeout=1.0)
+            # generous: under load a reconnecting client needs a few seconds, and a probe
+            # that keeps timing out would hold a component unready after the cluster is back
+            admin.list_topics(timeout=3.0)
             return True
         except KafkaException:
             admin.poll(0)

@@ -10,7 +10,10 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-from collections.abc import Iterable, Mapping
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -117,3 +120,47 @@ def panel_queries(board: Mapping[str, Any]) -> list[tuple[str, str]]:
             if t.get("expr"):
                 out.append((p["title"], t["expr"]))
     return out
+
+
+# -- live tests: real processes and their HTTP endpoints ------------------------------------
+
+def http_get(url: str, timeout: float = 10.0) -> tuple[int, str]:
+    """(status code, body) of a GET; an HTTP error status is an answer, not an exception."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as r:
+            return int(r.status), r.read().decode(errors="replace")
+    except urllib.error.HTTPError as exc:
+        return int(exc.code), exc.read().decode(errors="replace")
+
+
+@pytest.fixture
+def live(tmp_path: Path) -> Iterator[Any]:
+    """A ``Procs`` (see test_dashboards_live): child processes logging to files in tmp_path,
+    stopped by pid, newest first, at teardown."""
+    from .test_dashboards_live import Procs
+
+    procs = Procs(tmp_path)
+    try:
+        yield procs
+    finally:
+        procs.stop_all()
+
+
+def wait_for_answer(procs: Any, url: str, code: int, timeout: float = 90.0,
+                    contains: str = "") -> str:
+    """Poll ``url`` until it answers ``code`` (and its body contains ``contains``); the
+    processes in ``procs`` must stay alive meanwhile. Returns the body."""
+    deadline = time.monotonic() + timeout
+    last: tuple[int, str] | str = "no answer"
+    while time.monotonic() < deadline:
+        procs.check_alive()
+        try:
+            last = http_get(url, timeout=5.0)
+        except OSError as exc:  # not listening yet, or a probe timed out
+            last = repr(exc)
+        else:
+            if last[0] == code and contains in last[1]:
+                return last[1]
+        time.sleep(0.25)
+    raise AssertionError(f"timed out after {timeout} s waiting for {url} to answer {code}"
+                         f"{f' with {contains!r}' if contains else ''} (last: {last!r})")

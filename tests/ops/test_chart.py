@@ -123,7 +123,7 @@ def test_example_render(helm: Path, tmp_path: Path) -> None:
 
 def test_security_context_and_probes(helm: Path, tmp_path: Path) -> None:
     """Non-root, read-only root, no capabilities, writable /tmp; probes are HTTP only (a TCP
-    connect would wedge a pvapy PVA server)."""
+    connect would wedge a pvapy PVA server): /healthz for liveness, /readyz for readiness."""
     docs = render(helm, tmp_path, EXAMPLE,
                   {"mirror": {"topic": "ordered", "output_channel": "m:img"}})
     specs = pods(docs)
@@ -144,14 +144,19 @@ def test_security_context_and_probes(helm: Path, tmp_path: Path) -> None:
             assert mounts.get("/tmp") in tmp_volumes, name
             assert c["workingDir"] == "/tmp", name
             ports = {p["name"]: p["containerPort"] for p in c.get("ports", [])}
-            for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
-                if name.endswith("-mirror"):
-                    assert probe not in c, "the mirror has no HTTP port to probe"
-                    continue
+            # liveness: the loop comes round; readiness: connected (the monitor: on its web
+            # port, everyone else on the metrics port)
+            paths = {"startupProbe": "/healthz", "livenessProbe": "/healthz",
+                     "readinessProbe": "/readyz"}
+            for probe, path in paths.items():
                 p = c[probe]
                 assert "tcpSocket" not in p and "exec" not in p, (name, probe)
+                assert p["httpGet"]["port"] == (
+                    "http" if name.endswith("-monitor") else "metrics"), (name, probe)
                 assert p["httpGet"]["port"] in ports, (name, probe)
-                assert p["httpGet"]["path"] in ("/metrics", "/status"), (name, probe)
+                assert p["httpGet"]["path"] == path, (name, probe)
+        if name.endswith("-mirror"):
+            assert "--metrics-port" in spec["containers"][0]["args"], name
 
 
 def test_keda_scaled_object(helm: Path, tmp_path: Path) -> None:

@@ -237,18 +237,20 @@ spec:
             {{- toYaml . | nindent 12 }}
           {{- end }}
           {{- with .probe }}
-          {{- /* HTTP on the metrics port only: a bare TCP connect wedges a pvapy PVA server. */}}
+          {{- /* HTTP on the metrics (monitor: web) port only: a bare TCP connect wedges a pvapy
+          PVA server. /healthz: the work loop comes round (--stall-after); /readyz: connected
+          (PVA channel, partitions, Kafka). */}}
           startupProbe:
-            httpGet: {path: {{ .path }}, port: {{ .port }}}
+            httpGet: {path: /healthz, port: {{ .port }}}
             periodSeconds: 5
             failureThreshold: 60
           livenessProbe:
-            httpGet: {path: {{ .path }}, port: {{ .port }}}
+            httpGet: {path: /healthz, port: {{ .port }}}
             periodSeconds: 20
             timeoutSeconds: 5
             failureThreshold: 3
           readinessProbe:
-            httpGet: {path: {{ .path }}, port: {{ .port }}}
+            httpGet: {path: /readyz, port: {{ .port }}}
             periodSeconds: 10
             timeoutSeconds: 5
           {{- end }}
