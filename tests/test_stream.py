@@ -265,3 +265,19 @@ def test_read_stops_at_a_gap(kafka_bootstrap: str, make_topic: Callable[..., str
         assert inp.read(6, timeout=30.0).tolist() == list(range(6))
         assert (inp.position, inp.gaps) == (6, 1)
         assert len(inp.read(1, timeout=1.0)) == 0
+
+
+def test_the_simple_example_of_the_docs(
+        kafka_bootstrap: str, make_topic: Callable[..., str],
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """docs/streams.md's first example, with this test's broker and topic."""
+    import re
+    from pathlib import Path
+
+    doc = (Path(__file__).parent.parent / "docs" / "streams.md").read_text()
+    code = re.search(r"## The simple example.*?```python\n(.*?)```", doc, re.S)
+    assert code is not None
+    topic = make_topic()
+    src = code.group(1).replace('("simple")', f'("{topic}", bootstrap="{kafka_bootstrap}")')
+    exec(compile(src, "docs/streams.md", "exec"), {})
+    assert "Received: 3 array([[1, 2],\n       [3, 4],\n       [5, 6]])" in capsys.readouterr().out
