@@ -59,7 +59,7 @@ alerts: venv
 demo: venv
 	$(BIN)/python -m pvaflow.ops.demo
 
-BENCHMARKS := codec bridge processors collector
+BENCHMARKS := codec bridge processors collector stream
 bench: venv
 	@for b in $(BENCHMARKS); do echo "== benchmarks.$$b"; $(BIN)/python -m benchmarks.$$b || exit 1; done
 
