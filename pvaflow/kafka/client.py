@@ -241,11 +241,11 @@ class Kafka:
     def validate(self) -> None:
         """Raise :class:`ConfigError` for a setting librdkafka refuses, before any connection:
         a wrong setting is the first thing to fix, whether or not the cluster answers."""
-        user = {**env_overrides(), **dict(self.overrides)}
-        for key, value in user.items():
-            if _refused(key, value):
-                # the real error text, with the setting named as the user gave it
-                self._make(Producer, {key: value})
+        # The whole configuration at once (settings depend on each other: SASL_SSL alone
+        # would ask for the default GSSAPI mechanism), without a bootstrap so that nothing
+        # connects; _make names the user's setting behind a refusal.
+        conf = {k: v for k, v in self.producer_config().items() if k != "bootstrap.servers"}
+        self._make(Producer, conf)
 
     def check_reachable(self, timeout: float = CONNECT_TIMEOUT) -> None:
         """Raise :class:`ConfigError` for a refused setting, then :class:`KafkaUnavailable`
