@@ -172,15 +172,13 @@ class MetadataChannel:
             stamp = EpicsTime(int(ts["secondsPastEpoch"]), int(ts["nanoseconds"]),
                               int(ts["userTag"]))
             typed = _typed(pv["value"])
-        except Exception as exc:  # a structure without value/timeStamp: say so once
+        except Exception as exc:  # a structure without value/timeStamp
             typed, stamp = None, EpicsTime()
-            if not self._warned:
-                log.warning("metadata channel %s: cannot read value and timeStamp: %s",
-                            self.spec.url, exc)
+            log.debug("metadata channel %s: no value and timeStamp: %s", self.spec.url, exc)
         if typed is None:
-            if not self._warned:
-                log.warning("metadata channel %s: values of this type are not attached; "
-                            "counted as unmatched", self.spec.url)
+            if not self._warned:  # say so once
+                log.warning("metadata channel %s: values of this type (or without value and "
+                            "timeStamp) are not attached; counted as unmatched", self.spec.url)
                 self._warned = True
             with self._cond:
                 self.stats.received += 1
