@@ -18,6 +18,15 @@ from pvaflow.kafka.topics import ensure_topic
 
 from .compress import DEFAULT_BACKLOG_MB, DEFAULT_THREADS, CodecPool
 from .intake import Intake
+from .metadata import (
+    DEFAULT_QUEUE_SIZE,
+    DEFAULT_TOLERANCE,
+    MetadataCollector,
+    MetadataJoin,
+    empty_stats,
+    final_line,
+    parse_metadata_channels,
+)
 from .plan import Plan
 from .producer import FrameProducer, topic_limits
 from .source import Drainer, Source
@@ -77,6 +86,9 @@ class BridgeConfig:
     codec_threads: int = DEFAULT_THREADS
     codec_backlog: int | None = None   # frames; None: default_backlog(codec_threads)
     codec_backlog_mb: int = DEFAULT_BACKLOG_MB
+    metadata_channels: list[str] = field(default_factory=list)  # pva://NAME, ca://NAME
+    metadata_tolerance: float = DEFAULT_TOLERANCE
+    metadata_queue_size: int = DEFAULT_QUEUE_SIZE
 
 
 class Bridge:
@@ -106,7 +118,10 @@ class Bridge:
         self.drainer: Drainer | None = None
         self._ctx: Context | None = None
         self._reporter = Reporter(self.channels)
-        self._collector = BridgeCollector(self.channels, self.queue_depth)
+        self._collector: Collector = BridgeCollector(self.channels, self.queue_depth)
+        self.metadata = self._metadata_join(config)
+        if self.metadata is not None:
+            self._collector = MetadataCollector(self.metadata, self._collector)
 
     def topics(self) -> list[str]:
         return list(dict.fromkeys(t for p in self.plans for t in p.topics))
@@ -125,6 +140,8 @@ class Bridge:
             sender, limits=limits,
             client_limit=int(conf.get("message.max.bytes", 1_000_000)))
         try:
+            if self.metadata is not None:  # first: values in hand when frames come
+                self.metadata.start()
             if c.codec is not None:
                 self.codec_pool = CodecPool(
                     c.codec, c.codec_threads, max_frames=c.codec_backlog,
@@ -135,7 +152,7 @@ class Bridge:
                 log.info("routing %s: %s", stats.channel, plan.describe())
                 intake = Intake(stats.channel, plan, self.producer, stats, fmt=c.fmt,
                                 auto_first=c.first is None, codec=self.codec_pool,
-                                borrowed=c.receiver_queue_size < 0)
+                                borrowed=c.receiver_queue_size < 0, metadata=self.metadata)
                 self.intakes.append(intake)
                 self.sources.append(Source(
                     stats.channel, intake, stats, server_queue_size=c.server_queue_size,
@@ -159,7 +176,8 @@ class Bridge:
 
     def stats(self) -> dict[str, Any]:
         self.update_counters()
-        return totals(self.channels)
+        meta = self.metadata.stats() if self.metadata is not None else empty_stats()
+        return {**totals(self.channels), **meta}
 
     def configure(self, args: dict[str, Any]) -> Mapping[str, Any] | None:
         # Routing and queues are fixed for a run: a changed plan mid-stream would misroute
@@ -170,10 +188,16 @@ class Bridge:
     def reset_stats(self) -> None:
         for s in self.channels:
             s.reset()
+        if self.metadata is not None:
+            self.metadata.reset()
 
     def report(self, final: bool = False) -> str:
         self.update_counters()
         text = self._reporter.report(final=final)
+        if self.metadata is not None:
+            text = f"{text}\n{self.metadata.report()}"
+            if final:
+                text = f"{text}\n{final_line(self.metadata)}"
         return f"{text}\n{final_json(self.channels)}" if final else text
 
     def metrics(self) -> Collector | None:
@@ -221,11 +245,26 @@ class Bridge:
             src.stop()
         if self.drainer is not None:
             self.drainer.stop()
+        if self.metadata is not None:
+            self.metadata.stop()
         for intake in self.intakes:
             intake.close()
         self.intakes.clear()
         if self.codec_pool is not None:
             self.codec_pool.close()
+
+    @staticmethod
+    def _metadata_join(config: BridgeConfig) -> MetadataJoin | None:
+        specs = parse_metadata_channels(config.metadata_channels)
+        if not specs:
+            return None
+        if len(config.channels) > 1:
+            raise ConfigError("--metadata-channels joins to one --input-channel; run a "
+                              "bridge per detector")
+        if config.metadata_queue_size < 1:
+            raise ConfigError("--metadata-queue-size must be at least 1")
+        return MetadataJoin.from_specs(specs, config.metadata_tolerance,
+                                       config.metadata_queue_size)
 
     def update_counters(self) -> None:
         for src in self.sources:

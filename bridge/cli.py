@@ -27,6 +27,7 @@ from pvaflow.options import (
 from .bridge import Bridge, BridgeConfig
 from .compress import DEFAULT_BACKLOG_MB, DEFAULT_THREADS
 from .intake import FORMATS
+from .metadata import DEFAULT_QUEUE_SIZE, DEFAULT_TOLERANCE
 from .plan import parse_sets
 
 PROG = "pvaflow-bridge"
@@ -46,6 +47,21 @@ def build_parser() -> Parser:
     g.add_argument(*flags("--receiver-queue-size"), type=int, default=100, metavar="N",
                    help="client-side PvObjectQueue length; -1 disables it and produces "
                         "straight from the monitor callback (default: 100)")
+    m = p.add_argument_group("metadata channels (joined to frames by timestamp)")
+    m.add_argument(*flags("--metadata-channels"), dest="metadata_channels", action="append",
+                   default=[], metavar="URL,...",
+                   help="PVA/CA channels whose values are attached to the frames as "
+                        "attributes named after the channel: pva://NAME,ca://NAME (no "
+                        "protocol: CA, as PvaPy); see docs/bridge.md")
+    m.add_argument("--metadata-tolerance", type=non_negative, default=DEFAULT_TOLERANCE,
+                   metavar="SECONDS",
+                   help="a value goes to the frame nearest to its timestamp within this; "
+                        "values with no frame that near are counted as metadata_unmatched "
+                        f"(default: {DEFAULT_TOLERANCE})")
+    m.add_argument("--metadata-queue-size", type=positive_int, default=DEFAULT_QUEUE_SIZE,
+                   metavar="N",
+                   help="values held per metadata channel waiting for a frame; the oldest "
+                        f"leaves (unmatched) when full (default: {DEFAULT_QUEUE_SIZE})")
     o = p.add_argument_group("output (Kafka)")
     o.add_argument(*flags("--topic"), dest="topics", action="append", default=[],
                    metavar="TOPIC",
@@ -119,7 +135,9 @@ def config_from_args(args: argparse.Namespace) -> BridgeConfig:
         fmt=args.fmt, topic_config=dict(args.topic_config), max_wait=args.max_buffer_wait,
         flush_timeout=args.flush_timeout, bridge_id=args.bridge_id,
         codec=args.codec, codec_threads=args.codec_threads, codec_backlog=args.codec_backlog,
-        codec_backlog_mb=args.codec_backlog_mb,
+        codec_backlog_mb=args.codec_backlog_mb, metadata_channels=args.metadata_channels,
+        metadata_tolerance=args.metadata_tolerance,
+        metadata_queue_size=args.metadata_queue_size,
     )
 
 

@@ -14,6 +14,7 @@ from pvaflow.ntnda import frame_from_ntnda
 from . import ad00
 from .compress import CodecPool, CodecStage
 from .loss import LossTracker, Seen
+from .metadata import MetadataJoin
 from .plan import PLAN_HEADER, Plan
 from .producer import Encoded, FrameProducer
 from .stats import ChannelStats
@@ -48,6 +49,7 @@ class Intake:
         auto_first: bool = False,
         codec: CodecPool | None = None,
         borrowed: bool = False,
+        metadata: MetadataJoin | None = None,
     ) -> None:
         if fmt not in FORMATS:
             raise ValueError(f"unknown format {fmt!r}; one of {', '.join(FORMATS)}")
@@ -58,6 +60,7 @@ class Intake:
         self._fmt = fmt
         self._auto_first = auto_first
         self._borrowed = borrowed
+        self._metadata = metadata
         self.stage = (CodecStage(channel, codec, producer, stats, self._encode)
                       if codec is not None else None)
         self._set_plan(plan)
@@ -101,6 +104,8 @@ class Intake:
         if s.first_id is None:
             s.first_id = uid
         s.last_id = uid
+        if self._metadata is not None:
+            self._metadata.join(frame)  # metadata channels' values as attributes
         route = self.plan.route(uid)
         if self.stage is not None:
             if self._borrowed:

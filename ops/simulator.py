@@ -40,6 +40,28 @@ def loopback_env(search_port: int | None = None) -> dict[str, str]:
     }
 
 
+def ca_loopback_env(server_port: int | None = None) -> dict[str, str]:
+    """EPICS Channel Access settings for a sim server serving CA metadata PVs (``-mpv
+    ca://NAME``, an IOC embedded in the server) and its clients, on 127.0.0.1 and on a port of
+    their own. Also points the embedded IOC at pvapy's dbd files, which it cannot find in a
+    pip install. Apply to the server and to the CA clients (before their first CA channel)."""
+    port = server_port or free_port()
+    env = {
+        "EPICS_CA_ADDR_LIST": "127.0.0.1", "EPICS_CA_AUTO_ADDR_LIST": "NO",
+        "EPICS_CA_SERVER_PORT": str(port), "EPICS_CA_REPEATER_PORT": str(free_udp_port()),
+        "EPICS_CAS_INTF_ADDR_LIST": "127.0.0.1", "EPICS_CAS_BEACON_ADDR_LIST": "127.0.0.1",
+        "EPICS_CAS_AUTO_BEACON_ADDR_LIST": "NO",
+    }
+    try:
+        import pvaccess
+    except ImportError:
+        return env
+    dbd = Path(pvaccess.__file__).parent / "dbd"
+    if dbd.is_dir():
+        env["EPICS_DB_INCLUDE_PATH"] = str(dbd)
+    return env
+
+
 def tcp_listening(port: int, host: str = "127.0.0.1") -> bool:
     """Whether some socket listens on host:port (IPv4), read from /proc/net/tcp.
 
@@ -73,7 +95,8 @@ def sim_args(
     runtime: float = 3600.0, n_frames: int = 10, total_frames: int | None = None,
     start_delay: float = 0.0, report_period: int = 0, color_mode: int = 0,
     input_file: str | Path | None = None, hdf5_dataset: str | None = None,
-    hdf5_compressed: bool = False, extra_args: Sequence[str] = (),
+    hdf5_compressed: bool = False, metadata_pvs: Sequence[str] = (),
+    extra_args: Sequence[str] = (),
 ) -> list[str]:
     """Command line for the sim server. ``n_frames`` distinct frames are published
     round-robin until ``runtime``; ``total_frames=N`` publishes exactly N, then exits.
@@ -81,7 +104,11 @@ def sim_args(
     File mode: ``input_file`` streams the frames of that file instead of random ones (``nx``,
     ``ny``, ``datatype`` then come from the file); an HDF5 file needs ``hdf5_dataset``, and
     ``hdf5_compressed`` streams its compressed chunks as they are stored (``-hcm``: bslz4,
-    lz4 or blosc NTNDArrays, as a compressing detector serves them)."""
+    lz4 or blosc NTNDArrays, as a compressing detector serves them).
+
+    ``metadata_pvs`` (``-mpv``): ``pva://NAME`` or ``ca://NAME`` records set to a random value
+    just before each frame, stamped with the frame's time (PVA) or the put time (CA); CA ones
+    need :func:`ca_loopback_env` in the server's and the clients' environment."""
     args = [sim_server_exe(), "-cn", channel, "-nx", str(nx), "-ny", str(ny), "-dt", datatype,
             "-fps", str(fps), "-rt", str(runtime), "-std", str(start_delay), "-shd", "0",
             "-rp", str(report_period), "-cm", str(color_mode), "-dc"]
@@ -100,6 +127,8 @@ def sim_args(
             args.append("-hcm")
     elif hdf5_dataset is not None or hdf5_compressed:
         raise ValueError("hdf5_dataset and hdf5_compressed need an input_file")
+    if metadata_pvs:
+        args += ["-mpv", ",".join(metadata_pvs)]
     return args + list(extra_args)
 
 

@@ -175,3 +175,19 @@ def _nt_attribute(a: Attribute) -> Any:
     at["timeStamp"] = pva.PvTimeStamp(*a.timestamp)
     at["alarm"] = pva.PvAlarm(*a.alarm)
     return at
+
+
+def value_pv(a: Attribute) -> Any:
+    """An attribute as a metadata channel delivers it: ``{value, timeStamp}`` (what a PvaPy
+    plugin reads from ``metadataQueueMap``). Scalars and arrays of scalars only."""
+    if not a.type:
+        raise FrameError(f"attribute {a.name!r} has no value")
+    base = a.type.removesuffix("[]")
+    pv_type = _SCALAR_TYPES.get(base)
+    if pv_type is None:
+        raise FrameError(f"attribute {a.name!r} has unknown type {a.type!r}")
+    is_array = a.type.endswith("[]")
+    return pva.PvObject(
+        {"value": [pv_type] if is_array else pv_type, "timeStamp": pva.PvTimeStamp()},
+        {"value": list(a.value) if is_array else a.value,
+         "timeStamp": pva.PvTimeStamp(*a.timestamp)})

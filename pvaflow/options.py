@@ -37,6 +37,7 @@ SHORT_FORMS: dict[str, str] = {
     "--distributor-updates": "-du", "--distributor-set": "-ds",
     "--n-distributor-sets": "-nds", "--input-topic": "-it", "--output-topic": "-ot",
     "--bootstrap-servers": "-b", "--group": "-g", "--topic": "-t",
+    "--metadata-channels": "-mc",
     # each component's own id is -id, as PvaPy's --consumer-id / --collector-id
     "--consumer-id": "-id", "--collector-id": "-id", "--bridge-id": "-id", "--mirror-id": "-id",
 }

@@ -31,6 +31,11 @@ ENTRY_POINT_GROUP = "pvaflow.processors"
 Output = Frame | Iterable[Frame] | None
 StatValue = float | int | str
 
+# Attributes whose source is a metadata channel (the bridge's -mc) and how many of their
+# values a PvaPy plugin's metadataQueueMap holds per channel (PvaPy's own default).
+METADATA_SOURCES = ("pva://", "ca://")
+METADATA_QUEUE_SIZE = 1000
+
 
 
 
@@ -101,6 +106,14 @@ class PvaPyAdapter(Processor):
     ``updateOutputChannel`` become the output frames, or, if it publishes nothing, the object
     it returns. Its ``getStats`` values (PvaPy's ``FloatWithUnits`` included) are reported as
     plain numbers.
+
+    Metadata: PvaPy hands a plugin its metadata channels as ``metadataQueueMap``, a dict of
+    ``PvObjectQueue`` (objects with ``value`` and ``timeStamp``) keyed by channel name. Here
+    the bridge joined those values to the frames already (attributes whose ``source`` is
+    ``pva://NAME`` or ``ca://NAME``); before each ``process`` call they are put into
+    ``metadataQueueMap[NAME]`` too (a queue appears with a channel's first value; each holds
+    the latest METADATA_QUEUE_SIZE values), so a PvaPy metadata plugin runs unchanged. The
+    attributes also stay on the NtNdArray the plugin gets.
     """
 
     def __init__(self, inner: Any, config: dict[str, Any] | None = None,
@@ -116,8 +129,8 @@ class PvaPyAdapter(Processor):
         inner.dataPublisher = self._publisher
         if not hasattr(inner, "pvaServer"):
             inner.pvaServer = None
-        if not hasattr(inner, "metadataQueueMap"):
-            inner.metadataQueueMap = {}
+        self.metadata_queues: dict[str, Any] = {}
+        inner.metadataQueueMap = self.metadata_queues  # as PvaPy's consumer sets it
         if not hasattr(inner, "logger"):
             inner.logger = logging.getLogger(type(inner).__name__)
 
@@ -132,6 +145,7 @@ class PvaPyAdapter(Processor):
 
         published = self._publisher.published
         published.clear()
+        self._queue_metadata(frame)
         returned = self.inner.process(ntnda_from_frame(frame))
         objects = list(published) or ([returned] if returned is not None else [])
         published.clear()
@@ -142,6 +156,25 @@ class PvaPyAdapter(Processor):
             f.array = f.array.copy()
             out.append(f)
         return out
+
+    def _queue_metadata(self, frame: Frame) -> None:
+        import pvaccess as pva
+
+        from .ntnda import value_pv
+
+        for a in frame.attributes:
+            if not a.source.startswith(METADATA_SOURCES):
+                continue
+            name = a.source.split("://", 1)[1]
+            queue = self.metadata_queues.get(name)
+            if queue is None:
+                queue = self.metadata_queues[name] = pva.PvObjectQueue(METADATA_QUEUE_SIZE)
+            pv = value_pv(a)
+            try:
+                queue.put(pv)
+            except pva.QueueFull:  # the plugin does not read it: keep the latest values
+                queue.get(0)
+                queue.put(pv)
 
     def stop(self) -> None:
         self.inner.stop()
