@@ -7,7 +7,6 @@ same, so a seed command line needs only ``--input-channel`` swapped for ``--inpu
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 from collections.abc import Sequence
 
@@ -24,6 +23,7 @@ from pvaflow.options import (
     add_replay_args,
     add_run_args,
     flags,
+    id_list,
     non_negative,
     parse,
     positive_int,
@@ -165,25 +165,6 @@ def _name_pvapy_plugin(plugin: Processor, cfg: RunnerConfig, output_topic: str |
         plugin.inner.processorId = cfg.consumer_id
         plugin.inner.objectIdField = cfg.oid_field
         plugin.inner.outputChannel = cfg.output_channel or output_topic or "pvaflow:output"
-
-
-def id_list(text: str) -> list[int]:
-    """PvaPy's id list: ``1,3,5`` or ``range(first, last+1[, step])``."""
-    spec = text.strip()
-    try:
-        m = re.fullmatch(r"range\(([^)]*)\)", spec)
-        if m:
-            ids = list(range(*(int(x) for x in m.group(1).split(","))))
-        else:
-            ids = [int(x) for x in spec.strip("[]").split(",") if x.strip()]
-    except (TypeError, ValueError):
-        raise argparse.ArgumentTypeError(
-            f"expected ids like 1,2,3 or range(1,4), got {text!r}") from None
-    if not ids:
-        raise argparse.ArgumentTypeError(f"no ids in {text!r}")
-    if len(set(ids)) != len(ids):
-        raise argparse.ArgumentTypeError(f"an id appears twice in {text!r}")
-    return ids
 
 
 def _pvapy_log_level(level: str) -> None:

@@ -9,11 +9,12 @@ from collections.abc import Callable
 
 import pytest
 from confluent_kafka import Consumer, TopicPartition
+from pvaflow.processors.cli import build_parser
+from pvaflow.processors.runner import due
 
 from pvaflow.frame import Attribute
+from pvaflow.options import id_list
 from pvaflow.plugin import Processor, load_processor, object_id, takes_batches
-from pvaflow.processors.cli import build_parser, id_list
-from pvaflow.processors.runner import due
 from pvaflow.testing import make_frames
 
 from .conftest import HERE, Proc, feed, read_exactly, wait_for
