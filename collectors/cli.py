@@ -20,6 +20,7 @@ from pvaflow.options import (
     add_replay_args,
     add_run_args,
     flags,
+    id_list,
     non_negative,
     parse,
     positive_int,
@@ -40,7 +41,11 @@ def build_parser() -> Parser:
         "optional collector plugin, and write an ordered topic, a PVA channel and/or files."))
     g = p.add_argument_group("input")
     g.add_argument(*flags("--input-topic"), action="append", required=True, metavar="TOPIC",
-                   help="processor output topic to gather; repeatable")
+                   help="processor output topic to gather; repeatable; with "
+                        "--producer-id-list a '*' in it stands for each producer id")
+    g.add_argument(*flags("--producer-id-list"), type=id_list, metavar="IDS",
+                   help="as PvaPy: one input per producer id, e.g. 1,2 or range(1,5): "
+                        "--input-topic 'proc-*' reads proc-1, proc-2, ...")
     g.add_argument(*flags("--group"), default="pvaflow-collector", metavar="GROUP",
                    help="consumer group, also the key of the saved state (default: %(default)s)")
     g.add_argument(*flags("--collector-id"), default="1", metavar="ID",
@@ -48,6 +53,17 @@ def build_parser() -> Parser:
     r = p.add_argument_group("reorder")
     r.add_argument(*flags("--collector-cache-size"), type=positive_int, default=1000,
                    metavar="N", help="frames held while waiting for a gap (default: %(default)s)")
+    r.add_argument(*flags("--oid-field"), default="uniqueId", metavar="NAME",
+                   help="reorder by this id: uniqueId (the record key, fastest), or the name "
+                        "of an NTNDArray attribute holding an integer (each frame is "
+                        "decoded; frames without it go to the DLQ) (default: uniqueId)")
+    r.add_argument(*flags("--oid-offset"), type=positive_int, default=1, metavar="N",
+                   help="ids step by N (they must all leave the same remainder mod N): the "
+                        "id after 7 is 7+N, so no gap is waited for in between (default: 1)")
+    r.add_argument(*flags("--skip-initial-updates"), type=int, default=0, metavar="N",
+                   help="drop the first N records received (counted as skipped, committed); "
+                        "PvaPy's default of 1 drops a PVA monitor's stale first update, "
+                        "which a topic does not have (default: 0)")
     r.add_argument("--max-delay", type=non_negative, default=5.0, metavar="SECONDS",
                    help="longest a frame waits for a missing one before the gap is counted as "
                         "missed (default: %(default)s)")
@@ -112,11 +128,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         replay = ReplaySpec.from_args(args)
     except PvaflowError as exc:
         parser.error(exc.line())
+    topics: list[str] = []
+    for t in args.input_topic:  # 'proc-*' with -pid 1,2: proc-1, proc-2
+        ids = args.producer_id_list if args.producer_id_list and "*" in t else None
+        topics += [t.replace("*", str(pid)) for pid in ids] if ids else [t]
     cfg = CollectorConfig(
-        input_topics=args.input_topic, collector_id=args.collector_id, replay=replay,
+        input_topics=topics, oid_field=args.oid_field, oid_offset=args.oid_offset,
+        skip_initial_updates=args.skip_initial_updates, collector_id=args.collector_id,
+        replay=replay,
         group=replay_group(args.group, replay) if replay else args.group,
         output_topic=args.output_topic, late_topic=args.late_topic,
-        dlq_topic=dlq_topic(args.dlq_topic, args.input_topic), state_topic=args.state_topic,
+        dlq_topic=dlq_topic(args.dlq_topic, topics), state_topic=args.state_topic,
         cache_size=args.collector_cache_size, max_delay=args.max_delay,
         commit_interval=args.commit_interval,
     )

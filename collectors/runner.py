@@ -34,7 +34,7 @@ from pvaflow.kafka.positions import Positions, ReplaySpec
 from pvaflow.kafka.produce import Sender
 from pvaflow.kafka.topics import ensure_topic
 from pvaflow.metrics import consumer_lag
-from pvaflow.plugin import Processor, outputs
+from pvaflow.plugin import Processor, object_id, outputs
 
 from .outputs import Output
 from .reorder import Reorderer
@@ -59,6 +59,17 @@ class CollectorConfig:
     max_delay: float = 5.0
     commit_interval: float = 0.2
     replay: ReplaySpec | None = None  # --from-time/--to-time/--from-offset
+    oid_field: str = "uniqueId"  # PvaPy's -of: reorder by this attribute instead
+    oid_offset: int = 1  # PvaPy's -oo: ids step by this much
+    skip_initial_updates: int = 0  # PvaPy's -siu
+
+
+# PvaPy framework keys of ``configure`` that set nothing in a Kafka collector, and why.
+FRAMEWORK_NOOPS = {
+    "receiverQueueSize": "Kafka is the collector's receive queue: records wait in the "
+                         "topics, bounded by their retention; collectorCacheSize bounds "
+                         "the reorder cache",
+}
 
 
 class Collector:
@@ -107,6 +118,10 @@ class Collector:
         self.saved = SavedState()
         self.reorder: Reorderer[Message] = Reorderer(cfg.cache_size, cfg.max_delay)
         self._cached: Counter[TP] = Counter()  # records per partition in the reorder cache
+        self._skip = max(0, cfg.skip_initial_updates)
+        self.skipped = 0
+        self._oid_step = max(1, cfg.oid_offset)
+        self._oid_rest: int | None = None  # the ids' remainder mod the step
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -229,6 +244,12 @@ class Collector:
 
     # -- control ---------------------------------------------------------------------------
 
+    def real_id(self, oid: int | None) -> int | None:
+        """An id of the reorder's id space (divided by --oid-offset) as the frames carry it."""
+        if oid is None or self._oid_step == 1:
+            return oid
+        return oid * self._oid_step + (self._oid_rest or 0)
+
     def counts(self) -> dict[str, int]:
         """The frame counters, shared by the status and the Prometheus view."""
         s = self.reorder.stats
@@ -245,7 +266,8 @@ class Collector:
         out: dict[str, Any] = {
             **counts, "cache_depth": self.reorder.depth,
             "peak_cache_depth": self.reorder.stats.peak_cache_depth,
-            "last_emitted_unique_id": self.reorder.last_emitted,
+            "last_emitted_unique_id": self.real_id(self.reorder.last_emitted),
+            "skipped": self.skipped,
             "lag": self.lag, "replayed": self.replayed, "pauses": self.pauses,
             "rate": round((emitted - n0) / (now - t0), 3) if now > t0 and emitted >= n0 else 0,
         }
@@ -254,6 +276,18 @@ class Collector:
         return out
 
     def configure(self, args: dict[str, Any]) -> Mapping[str, Any] | None:
+        """Also PvaPy's framework keys: ``collectorCacheSize``, ``skipInitialUpdates`` (the
+        next N records are dropped) and ``objectIdOffset`` (the id step, from the next id
+        on); ``receiverQueueSize`` sets nothing (the reply says why)."""
+        args = dict(args)
+        for pvapy, ours in (("collectorCacheSize", "collector_cache_size"),):
+            if pvapy in args:
+                args[ours] = args.pop(pvapy)
+        ignored = {k: why for k, why in FRAMEWORK_NOOPS.items() if args.pop(k, None) is not None}
+        if "skipInitialUpdates" in args:
+            self._skip = max(0, int(args.pop("skipInitialUpdates")))
+        if "objectIdOffset" in args:
+            self._set_oid_step(int(args.pop("objectIdOffset")))
         if "collector_cache_size" in args:
             self.reorder.cache_size = max(1, int(args.pop("collector_cache_size")))
         if "max_delay" in args:
@@ -262,8 +296,26 @@ class Collector:
             if self.plugin is None:
                 raise ValueError(f"no collector plugin to configure with {sorted(args)}")
             self.plugin.configure(args)
-        return {"collector_cache_size": self.reorder.cache_size,
-                "max_delay": self.reorder.max_delay}
+        reply: dict[str, Any] = {"collector_cache_size": self.reorder.cache_size,
+                                 "max_delay": self.reorder.max_delay,
+                                 "skipInitialUpdates": self._skip,
+                                 "objectIdOffset": self._oid_step}
+        if ignored:
+            reply["ignored"] = ignored
+        return reply
+
+    def _set_oid_step(self, step: int) -> None:
+        """A new id step: the reorder state moves to the new id space at the last id."""
+        step = max(1, step)
+        if step == self._oid_step:
+            return
+        state = self.reorder.state
+        if state.next_expected is not None:
+            last = self.real_id(state.next_expected - 1)
+            assert last is not None
+            self._oid_rest = last % step
+            state.next_expected = last // step + 1
+        self._oid_step = step
 
     def reset_stats(self) -> None:
         self.reorder.reset_stats()
@@ -285,13 +337,26 @@ class Collector:
         records_only = not any(map(Message.error, msgs))
         if not records_only:
             msgs = self._drop_events(msgs)
+        if self._skip:  # --skip-initial-updates (their offsets are committed as consumed)
+            n = min(self._skip, len(msgs))
+            self._skip -= n
+            self.skipped += n
+            msgs = msgs[n:]
         keys = cast(list[bytes], [m.key() for m in msgs])
-        try:  # the key is the uniqueId, 8 bytes big-endian (cheaper than the headers)
-            if set(map(len, keys)) != {8}:  # (a None key raises TypeError too)
-                raise TypeError
-            uids: list[int] = np.frombuffer(b"".join(keys), ">u8").tolist()
-        except TypeError:
-            msgs, uids = self._uids_one_by_one(msgs)
+        if self.cfg.oid_field != "uniqueId":
+            msgs, uids = self._uids_from_field(msgs)
+        else:
+            try:  # the key is the uniqueId, 8 bytes big-endian (cheaper than the headers)
+                if set(map(len, keys)) != {8}:  # (a None key raises TypeError too)
+                    raise TypeError
+                uids = np.frombuffer(b"".join(keys), ">u8").tolist()
+            except TypeError:
+                msgs, uids = self._uids_one_by_one(msgs)
+        step = self._oid_step
+        if step > 1 and uids:  # ids 1,4,7 with -oo 3 are reordered as 0,1,2
+            if self._oid_rest is None:
+                self._oid_rest = uids[0] % step
+            uids = [u // step for u in uids]
         nxt = self.reorder.state.next_expected
         if uids and nxt is not None and self.saved.consumed and min(uids) < nxt:
             msgs, uids = self._drop_replays(msgs, uids, nxt)
@@ -323,6 +388,25 @@ class Collector:
             else:
                 log.warning("consumer error: %s", err)
         return records
+
+    def _uids_from_field(self, msgs: list[Message]) -> tuple[list[Message], list[int]]:
+        """``--oid-field``: the id is an NTNDArray attribute (each frame is decoded)."""
+        kept, uids = [], []
+        name = self.cfg.oid_field
+        for msg in msgs:
+            try:
+                oid = object_id(codec.decode(msg.key(), msg.value(), msg.headers()), name)
+            except FrameError as exc:
+                self.unreadable += 1
+                self._dead_letter(msg, "decode", exc)
+                continue
+            if oid is None:
+                self.unreadable += 1
+                self._dead_letter(msg, "decode", FrameError(f"no integer attribute {name}"))
+                continue
+            kept.append(msg)
+            uids.append(oid)
+        return kept, uids
 
     def _uids_one_by_one(self, msgs: list[Message]) -> tuple[list[Message], list[int]]:
         """UniqueIds of records whose key is not one: from the header, or dead letters."""

@@ -23,6 +23,7 @@ from pvaflow.options import (
     add_replay_args,
     add_run_args,
     flags,
+    id_list,
     non_negative,
     parse,
     positive_int,
@@ -71,6 +72,27 @@ def build_parser() -> argparse.ArgumentParser:
                    help=argparse.SUPPRESS)
 
     add_plugin_args(p)
+    g = p.add_argument_group("frames to the plugin (PvaPy's options, same meaning)")
+    g.add_argument(*flags("--accumulate-objects"), type=int, default=-1, metavar="N",
+                   help="hold frames until N have arrived, then hand them to the plugin: "
+                        "process_batch() gets N at a time, a plugin without one (PvaPy's) "
+                        "gets them one by one as PvaPy's receiver queue releases them; "
+                        "<= 0: no accumulation (default: -1)")
+    g.add_argument(*flags("--accumulation-timeout"), type=non_negative, default=1.0,
+                   metavar="SECONDS",
+                   help="with --accumulate-objects: when no frame arrived for this long, the "
+                        "frames held so far go to the plugin anyway (default: 1)")
+    g.add_argument(*flags("--skip-initial-updates"), type=int, default=0, metavar="N",
+                   help="do not process the first N frames this consumer receives (they are "
+                        "counted as skipped and committed); PvaPy's default of 1 drops a PVA "
+                        "monitor's stale first update, which a topic does not have "
+                        "(default: 0)")
+    g.add_argument(*flags("--oid-field"), default="uniqueId", metavar="NAME",
+                   help="frame id for the first/last id statistics: uniqueId, or the name of "
+                        "an NTNDArray attribute holding an integer (default: uniqueId)")
+    g.add_argument(*flags("--oid-offset"), type=int, default=0, metavar="N",
+                   help="accepted for PvaPy command lines: missed frames are counted from the "
+                        "bridge's per-partition sequence numbers, which need no id step")
     add_replay_args(p)
 
     g = p.add_argument_group("consumers")
@@ -79,6 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default: 1, in this process)")
     g.add_argument(*flags("--consumer-id"), type=int, default=1, metavar="ID",
                    help="this consumer's id (default: 1)")
+    g.add_argument(*flags("--consumer-id-list"), type=id_list, metavar="IDS",
+                   help="run one consumer per id, e.g. 1,3,5 or range(1,9,2) (overrides "
+                        "--consumer-id and --n-consumers, as in PvaPy)")
 
     add_control_args(p, control=CONTROL_TOPIC, status=STATUS_TOPIC, pva=True)
     add_kafka_args(p)
@@ -89,10 +114,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse(build_parser(), argv)
-    if args.n_consumers > 1:
+    ids = args.consumer_id_list or list(range(args.consumer_id,
+                                              args.consumer_id + args.n_consumers))
+    if len(ids) > 1:
         from .spawn import spawn
 
-        return spawn(argv, args.n_consumers, args.consumer_id, args.metrics_port)
+        return spawn(argv, ids, args.metrics_port)
+    args.consumer_id = ids[0]
     release_large_frees()
     _pvapy_log_level(args.log_level)
     return run_command(PROG, lambda: run(args))
@@ -124,7 +152,10 @@ def config(args: argparse.Namespace) -> RunnerConfig:
         batch_size=args.batch_size, commit_interval=args.commit_interval,
         topic_wait=args.runtime, output_channel=channel_name(args.output_channel, cid),
         status_channel=channel_name(args.status_channel, cid),
-        control_channel=channel_name(args.control_channel, cid))
+        control_channel=channel_name(args.control_channel, cid),
+        accumulate_objects=args.accumulate_objects,
+        accumulation_timeout=args.accumulation_timeout,
+        skip_initial_updates=args.skip_initial_updates, oid_field=args.oid_field)
 
 
 def _name_pvapy_plugin(plugin: Processor, cfg: RunnerConfig, output_topic: str | None) -> None:
@@ -132,6 +163,7 @@ def _name_pvapy_plugin(plugin: Processor, cfg: RunnerConfig, output_topic: str |
     sets before start; set them the same way."""
     if isinstance(plugin, PvaPyAdapter):
         plugin.inner.processorId = cfg.consumer_id
+        plugin.inner.objectIdField = cfg.oid_field
         plugin.inner.outputChannel = cfg.output_channel or output_topic or "pvaflow:output"
 
 

@@ -10,6 +10,14 @@ and reports like every other stage. Delivery guarantees:
 * ``exactly_once``: consume-transform-produce in Kafka transactions, input offsets committed
   with ``send_offsets_to_transaction``; read_committed readers see each output once.
 
+Batches (``--accumulate-objects N``, ``--accumulation-timeout T``, PvaPy's options): frames
+are held until N have arrived or none arrived for T seconds, then handed to the plugin's
+``process_batch`` (N at a time, then the rest), or, for plugins without one, to ``process``
+one by one exactly as PvaPy's receiver queue releases them (one leaves whenever N are queued,
+all of them after the timeout). A held record is not committable: a batch's offsets are
+committed only after every output of the batch is delivered, and with ``exactly_once`` one
+transaction covers the whole batch (its outputs and its offsets).
+
 On a cooperative rebalance the revoked partitions' in-flight outputs are flushed and their
 offsets committed before the partitions go, so the next owner starts where this one stopped.
 A failure (a delivery that failed, a producer buffer that never drained before a stop, a lost
@@ -35,15 +43,16 @@ from pvaflow.component import Context
 from pvaflow.control import ComponentId
 from pvaflow.dlq import dlq_headers
 from pvaflow.errors import PluginError, PvaflowError
+from pvaflow.frame import Frame
 from pvaflow.kafka.positions import Positions, ReplaySpec
 from pvaflow.kafka.produce import Sender
 from pvaflow.kafka.topics import ensure_topic
 from pvaflow.metrics import consumer_lag
-from pvaflow.plugin import Processor, PvaPyAdapter, outputs
+from pvaflow.plugin import Processor, PvaPyAdapter, object_id, outputs, takes_batches
 
 from .pva_channels import PvaChannels
 from .stats import STATUS_SCHEMA, Stats, StatsCollector
-from .tracking import OffsetTracker
+from .tracking import OffsetTracker, Pending
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +82,11 @@ class RunnerConfig:
     status_channel: str | None = None
     control_channel: str | None = None
     replay: ReplaySpec | None = None  # --from-time/--to-time/--from-offset
+    # PvaPy's -ao/-at: hold frames until N arrived or none for T seconds (N <= 0: off)
+    accumulate_objects: int = 0
+    accumulation_timeout: float = 1.0
+    skip_initial_updates: int = 0  # PvaPy's -siu: the first N frames are not processed
+    oid_field: str = "uniqueId"  # PvaPy's -of: the id in first/last_unique_id
 
     @property
     def name(self) -> str:
@@ -105,6 +119,10 @@ class Runner:
         self._sender: Sender | None = None
         self._joined = False
         self._replay = Positions(cfg.replay) if cfg.replay is not None else None
+        self._skip = max(0, cfg.skip_initial_updates)
+        self._batched = takes_batches(processor)
+        self._held: list[Held] = []  # frames accumulated for the next batch
+        self._last_arrival = 0.0
 
     # -- the clients (made in start) ------------------------------------------------------
 
@@ -245,6 +263,8 @@ class Runner:
                     self.ctx.stop.set()  # every partition is past --to-time
             if msgs:
                 self._handle(msgs)
+            if self._held:
+                self._release_held()
             producer.poll(0)
         now = time.monotonic()
         if now >= self._next_commit:
@@ -264,6 +284,11 @@ class Runner:
         error: BaseException | None = None
         if self._failed is None and self.ctx.kafka.health.reachable:
             try:
+                if self._held:  # the run ends: the last, partial batch goes out now
+                    if self.cfg.exactly_once and not self._in_txn:
+                        producer.begin_transaction()
+                        self._in_txn = True
+                    self._release_held(force=True)
                 producer.flush(30)
                 self._commit(sync=True)
             except (PvaflowError, KafkaException) as exc:
@@ -302,10 +327,9 @@ class Runner:
     # -- the hot path ---------------------------------------------------------------------
 
     def _handle(self, msgs: list[Message]) -> None:
-        stats, tracker, plugin = self.counters, self._tracker, self.plugin
-        at_least_once = not self.cfg.exactly_once
-        out_topic, channels = self.cfg.output_topic, self.channels
-        clock, wall = time.perf_counter, time.time
+        stats, tracker = self.counters, self._tracker
+        accumulate = self.cfg.accumulate_objects > 0
+        oid_field = self.cfg.oid_field
         for msg in msgs:
             err = msg.error()
             if err is not None:
@@ -327,42 +351,116 @@ class Runner:
                 continue
             if frame.sequence >= 0:
                 stats.partition(topic, part).see(frame.sequence)
-            stats.saw_uid(frame.unique_id)
-            t0 = clock()
-            try:
-                outs = outputs(plugin.process(frame))
-            except Exception as exc:
-                stats.errors += 1
-                if self._debug:
-                    log.debug("plugin failed on frame %d", frame.unique_id, exc_info=True)
-                self._dead_letter(msg, "process", exc, rec)
+            if oid_field == "uniqueId":
+                stats.saw_uid(frame.unique_id)
+            else:
+                oid = object_id(frame, oid_field)
+                if oid is not None:
+                    stats.saw_uid(oid)
+            if self._skip > 0:  # --skip-initial-updates: consumed and committed, not processed
+                self._skip -= 1
+                stats.skipped += 1
                 continue
-            t1 = clock()
-            stats.processing.observe(t1 - t0)
-            stats.processed += 1
-            if frame.timestamp.seconds:
-                stats.end_to_end.observe(max(wall() - frame.timestamp.to_float(), 0.0))
+            if accumulate:
+                rec.left += 1  # held: not committable until its batch is out
+                self._held.append((msg, rec, frame))
+                self._last_arrival = time.monotonic()
+                continue
+            self._process(msg, rec, frame)
+
+    def _release_held(self, force: bool = False) -> None:
+        """Hand the accumulated frames to the plugin when they are due (see the module doc)."""
+        held, n = self._held, self.cfg.accumulate_objects
+        timed_out = force or time.monotonic() - self._last_arrival >= \
+            self.cfg.accumulation_timeout
+        for size in due(len(held), n, timed_out, self._batched):
+            batch = held[:size]
+            del held[:size]
+            if self._batched:
+                self._process_batch(batch)
+            else:
+                for msg, rec, frame in batch:
+                    self._process(msg, rec, frame)
+                    rec.left -= 1  # the hold, after the outputs took theirs
+
+    def _process(self, msg: Message, rec: Pending, frame: Frame) -> None:
+        """One frame through ``process`` and out."""
+        stats = self.counters
+        t0 = time.perf_counter()
+        try:
+            outs = outputs(self.plugin.process(frame))
+        except Exception as exc:
+            stats.errors += 1
             if self._debug:
-                log.debug("consumer %s processed frame %d (%s[%d]@%d) -> %d output(s)",
-                          self.cfg.name, frame.unique_id, topic, part, msg.offset(), len(outs))
-            for out in outs:
-                if out_topic:
-                    try:
-                        key, val, headers = encode(out)
-                    except FrameError as exc:
-                        stats.errors += 1
-                        self._dead_letter(msg, "output", exc, rec)
-                        continue
-                    headers.append(self._proc_header)
-                    if at_least_once:
-                        rec.left += 1
-                        self._produce(out_topic, val, key, headers, rec)
-                    else:
-                        self._produce(out_topic, val, key, headers, None)
-                    stats.bytes_out += val.nbytes
-                stats.outputs += 1
-                if channels is not None:
-                    channels.publish(out)
+                log.debug("plugin failed on frame %d", frame.unique_id, exc_info=True)
+            self._dead_letter(msg, "process", exc, rec)
+            return
+        stats.processing.observe(time.perf_counter() - t0)
+        stats.processed += 1
+        if frame.timestamp.seconds:
+            stats.end_to_end.observe(max(time.time() - frame.timestamp.to_float(), 0.0))
+        if self._debug:
+            log.debug("consumer %s processed frame %d (%s[%d]@%d) -> %d output(s)",
+                      self.cfg.name, frame.unique_id, msg.topic(), msg.partition(),
+                      msg.offset(), len(outs))
+        self._emit(msg, rec, outs)
+
+    def _process_batch(self, batch: list[Held]) -> None:
+        """A batch through ``process_batch``; its records are held (``rec.left``) until every
+        output of the batch is delivered, then all released together."""
+        stats = self.counters
+        frames = [frame for _msg, _rec, frame in batch]
+        t0 = time.perf_counter()
+        try:
+            outs = outputs(self.plugin.process_batch(frames))
+        except Exception as exc:
+            stats.errors += len(batch)
+            if self._debug:
+                log.debug("plugin failed on a batch of %d", len(batch), exc_info=True)
+            for msg, rec, _frame in batch:
+                self._dead_letter(msg, "process", exc, rec)
+                rec.left -= 1
+            return
+        per_frame = (time.perf_counter() - t0) / len(batch)
+        now = time.time()
+        for frame in frames:
+            stats.processing.observe(per_frame)
+            if frame.timestamp.seconds:
+                stats.end_to_end.observe(max(now - frame.timestamp.to_float(), 0.0))
+        stats.processed += len(batch)
+        stats.batches += 1
+        if self._debug:
+            log.debug("consumer %s processed a batch of %d (uniqueId %d..%d) -> %d output(s)",
+                      self.cfg.name, len(batch), frames[0].unique_id, frames[-1].unique_id,
+                      len(outs))
+        delivery = BatchDelivery([rec for _msg, rec, _frame in batch])
+        by_uid = {frame.unique_id: msg for msg, _rec, frame in batch}
+        for out in outs:  # an output is dead-lettered as the input with its uniqueId
+            self._emit(by_uid.get(out.unique_id, batch[0][0]), delivery, [out])
+        delivery(None, None)  # every output is produced: the batch may be released
+
+    def _emit(self, msg: Message, rec: Pending | BatchDelivery, outs: list[Frame]) -> None:
+        stats = self.counters
+        at_least_once = not self.cfg.exactly_once
+        out_topic, channels = self.cfg.output_topic, self.channels
+        for out in outs:
+            if out_topic:
+                try:
+                    key, val, headers = encode(out)
+                except FrameError as exc:
+                    stats.errors += 1
+                    self._dead_letter(msg, "output", exc, rec)
+                    continue
+                headers.append(self._proc_header)
+                if at_least_once:
+                    rec.left += 1
+                    self._produce(out_topic, val, key, headers, rec)
+                else:
+                    self._produce(out_topic, val, key, headers, None)
+                stats.bytes_out += val.nbytes
+            stats.outputs += 1
+            if channels is not None:
+                channels.publish(out)
 
     def _produce(self, topic: str, value: Any, key: bytes | None, headers: Any,
                  on_delivery: Any) -> None:
@@ -465,6 +563,7 @@ class Runner:
             except (PvaflowError, KafkaException) as exc:
                 self._failed = exc  # raised by step(): callbacks cannot end the run
         self._tracker.drop(partitions)
+        self._drop_held(partitions)
         for tp in partitions:
             self.counters.forget_partition(tp.topic, tp.partition)
         if self._replay is not None:
@@ -473,6 +572,13 @@ class Runner:
     def _on_lost(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
         log.warning("consumer %s lost %s (no commit possible)", self.cfg.name, _fmt(partitions))
         self._tracker.drop(partitions)
+        self._drop_held(partitions)
+
+    def _drop_held(self, partitions: list[TopicPartition]) -> None:
+        """Held frames of partitions that went: uncommitted, so their next owner has them."""
+        if self._held:
+            gone = {(tp.topic, tp.partition) for tp in partitions}
+            self._held = [h for h in self._held if (h[0].topic(), h[0].partition()) not in gone]
 
     def _on_stats(self, stats_json: str) -> None:
         with contextlib.suppress(ValueError):
@@ -485,8 +591,26 @@ class Runner:
                 **self.counters.snapshot()}
 
     def configure(self, args: dict[str, Any]) -> dict[str, Any]:
+        """PvaPy's framework keys are applied here and, as in PvaPy, the whole dict also
+        goes to the plugin. ``skipInitialUpdates``: the next N frames are not processed;
+        ``objectIdOffset`` and ``receiverQueueSize`` have nothing to set in a Kafka consumer
+        (the reply says why) and change nothing."""
+        reply: dict[str, Any] = {"configured": args}
+        notes: dict[str, str] = {}
+        if "skipInitialUpdates" in args:
+            try:
+                self._skip = max(0, int(args["skipInitialUpdates"]))
+            except (TypeError, ValueError):
+                raise ValueError(f"skipInitialUpdates must be a whole number, got "
+                                 f"{args['skipInitialUpdates']!r}") from None
+            reply["skipInitialUpdates"] = self._skip
+        for key, why in FRAMEWORK_NOOPS.items():
+            if key in args:
+                notes[key] = why
+        if notes:
+            reply["ignored"] = notes
         self.plugin.configure(args)
-        return {"configured": args}
+        return reply
 
     def reset_stats(self) -> None:
         self.counters.reset()
@@ -507,6 +631,58 @@ class Runner:
         return StatsCollector(self.counters, {
             "component": KIND, "group": self.cfg.group,
             "consumer_id": str(self.cfg.consumer_id), "topic": self.cfg.input_topic})
+
+
+Held = tuple[Message, Pending, Frame]
+
+# PvaPy framework keys of ``configure`` that set nothing here, and why.
+FRAMEWORK_NOOPS = {
+    "receiverQueueSize": "Kafka is the consumer's receive queue: records wait in the topic, "
+                         "bounded by its retention; --max-queue-size bounds the outputs "
+                         "in flight",
+    "objectIdOffset": "missed frames are counted from the bridge's per-partition sequence "
+                      "numbers (sequence_gaps), which need no id step",
+}
+
+
+def due(held: int, n: int, timed_out: bool, batched: bool) -> list[int]:
+    """Sizes of the groups of held frames to hand to the plugin now, oldest first.
+
+    ``batched`` (``process_batch``): whole batches of ``n``, then, after the timeout, the
+    rest as one batch. Otherwise PvaPy's receiver queue: while ``n`` or more are queued the
+    oldest one is processed; after the timeout every queued one is.
+    """
+    if held <= 0:
+        return []
+    if batched:
+        sizes = [n] * (held // n)
+        rest = held - n * len(sizes)
+        return [*sizes, rest] if timed_out and rest else sizes
+    ready = held if timed_out else max(0, held - n + 1)
+    return [1] * ready
+
+
+class BatchDelivery:
+    """The delivery callback of a batch's outputs: the batch's records stay held until the
+    last output is acknowledged (then each record's hold is released), and a failed delivery
+    fails every record of the batch. Starts with one count that the runner drops once every
+    output has been produced."""
+
+    __slots__ = ("left", "recs")
+
+    def __init__(self, recs: list[Pending]) -> None:
+        self.recs = recs
+        self.left = 1
+
+    def __call__(self, err: KafkaError | None, _msg: Any) -> None:
+        if err is not None:
+            for rec in self.recs:
+                if rec.error is None:
+                    rec.error = err
+        self.left -= 1
+        if self.left == 0:
+            for rec in self.recs:
+                rec.left -= 1
 
 
 def _fmt(partitions: list[TopicPartition]) -> str:

@@ -1,4 +1,5 @@
-"""``--n-consumers N``: N processes with ids consumer-id..consumer-id+N-1 in one group.
+"""``--n-consumers N``: N processes with ids consumer-id..consumer-id+N-1 in one group (or the
+ids of ``--consumer-id-list``).
 
 Each child is a plain single consumer (its own interpreter, its own GIL), started with the
 same command line; Kafka's group protocol, not this parent, shares the partitions. The parent
@@ -21,7 +22,8 @@ from pvaflow.process import die_with_parent
 log = logging.getLogger(__name__)
 
 # Options the parent sets per child (long and short spellings).
-_REPLACED = frozenset(f for o in ("--n-consumers", "--consumer-id", "--metrics-port")
+_REPLACED = frozenset(f for o in ("--n-consumers", "--consumer-id", "--consumer-id-list",
+                                                 "--metrics-port")
                       for f in flags(o))
 
 
@@ -48,14 +50,13 @@ def exit_code(returncode: int) -> int:
     return 128 - returncode if returncode < 0 else returncode
 
 
-def spawn(argv: Sequence[str], n: int, first_id: int, metrics_port: int | None) -> int:
+def spawn(argv: Sequence[str], ids: Sequence[int], metrics_port: int | None) -> int:
     procs: list[subprocess.Popen[bytes]] = []
-    for i in range(n):
+    for i, cid in enumerate(ids):
         port = None if metrics_port is None else (metrics_port + i if metrics_port else 0)
-        cmd = [sys.executable, "-m", "pvaflow.processors.cli",
-               *child_argv(argv, first_id + i, port)]
+        cmd = [sys.executable, "-m", "pvaflow.processors.cli", *child_argv(argv, cid, port)]
         procs.append(subprocess.Popen(cmd, preexec_fn=die_with_parent))
-        log.info("spawned consumer %d (pid %d)", first_id + i, procs[-1].pid)
+        log.info("spawned consumer %d (pid %d)", cid, procs[-1].pid)
 
     def forward(signum: int, _frame: FrameType | None) -> None:
         for p in procs:

@@ -29,7 +29,8 @@ log = logging.getLogger(__name__)
 
 STATUS_SCHEMA = StatusSchema(
     "consumer", frames_in="received", frames_out="processed",
-    lost={"dlq": "dlq", "sequence_gaps": "sequence_gaps"}, extra=("errors", "outputs"))
+    lost={"dlq": "dlq", "sequence_gaps": "sequence_gaps", "skipped": "skipped"},
+    extra=("errors", "outputs"))
 
 
 class Histogram:
@@ -110,6 +111,8 @@ class Stats:
         self.errors = 0
         self.decode_errors = 0
         self.dlq = 0
+        self.skipped = 0  # --skip-initial-updates
+        self.batches = 0  # process_batch calls
         self.first_unique_id: int | None = None
         self.last_unique_id: int | None = None
         self.seq: dict[tuple[str, int], PartitionSeq] = {}
@@ -179,6 +182,8 @@ class Stats:
             "errors": self.errors,
             "decode_errors": self.decode_errors,
             "dlq": self.dlq,
+            "skipped": self.skipped,
+            "batches": self.batches,
             "outputs": self.outputs,
             "bytes_in": self.bytes_in,
             "bytes_out": self.bytes_out,

@@ -38,6 +38,9 @@ SHORT_FORMS: dict[str, str] = {
     "--n-distributor-sets": "-nds", "--input-topic": "-it", "--output-topic": "-ot",
     "--bootstrap-servers": "-b", "--group": "-g", "--topic": "-t",
     "--metadata-channels": "-mc",
+    "--accumulate-objects": "-ao", "--accumulation-timeout": "-at",
+    "--skip-initial-updates": "-siu", "--oid-field": "-of", "--oid-offset": "-oo",
+    "--consumer-id-list": "-cid", "--producer-id-list": "-pid",
     # each component's own id is -id, as PvaPy's --consumer-id / --collector-id
     "--consumer-id": "-id", "--collector-id": "-id", "--bridge-id": "-id", "--mirror-id": "-id",
 }
@@ -201,6 +204,25 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
     return value
+
+
+def id_list(text: str) -> list[int]:
+    """PvaPy's id list: ``1,3,5`` or ``range(first, last+1[, step])``."""
+    spec = text.strip()
+    try:
+        m = re.fullmatch(r"range\(([^)]*)\)", spec)
+        if m:
+            ids = list(range(*(int(x) for x in m.group(1).split(","))))
+        else:
+            ids = [int(x) for x in spec.strip("[]").split(",") if x.strip()]
+    except (TypeError, ValueError):
+        raise argparse.ArgumentTypeError(
+            f"expected ids like 1,2,3 or range(1,4), got {text!r}") from None
+    if not ids:
+        raise argparse.ArgumentTypeError(f"no ids in {text!r}")
+    if len(set(ids)) != len(ids):
+        raise argparse.ArgumentTypeError(f"an id appears twice in {text!r}")
+    return ids
 
 
 def non_negative(text: str) -> float:

@@ -37,8 +37,6 @@ METADATA_SOURCES = ("pva://", "ca://")
 METADATA_QUEUE_SIZE = 1000
 
 
-
-
 class Processor:
     """Base class of pvaflow plugins. Override ``process``; the rest is optional.
 
@@ -61,6 +59,18 @@ class Processor:
     def process(self, frame: Frame) -> Output:
         return frame
 
+    def process_batch(self, frames: list[Frame]) -> Output:
+        """Optional: override to get frames in batches (``--accumulate-objects N``,
+        ``--accumulation-timeout SECONDS``): up to N frames at once, fewer when no frame
+        arrived for SECONDS. Return every output of the batch (one frame, an iterable, or
+        ``None``). Raising sends every frame of the batch to the dead-letter topic. Without
+        an override, frames are accumulated the same way and handed to ``process`` one by
+        one, as PvaPy does."""
+        out: list[Frame] = []
+        for frame in frames:
+            out += outputs(self.process(frame))
+        return out
+
     def stop(self) -> None:
         """Called once at shutdown, after the last frame."""
 
@@ -70,6 +80,33 @@ class Processor:
     def get_stats(self) -> dict[str, StatValue]:
         """Plugin-specific statistics, merged into the component's status under ``plugin``."""
         return {}
+
+
+def takes_batches(processor: Processor) -> bool:
+    """Whether ``processor`` overrides :meth:`Processor.process_batch`."""
+    return type(processor).process_batch is not Processor.process_batch
+
+
+def object_id(frame: Frame, field: str = "uniqueId") -> int | None:
+    """PvaPy's ``--oid-field``: the frame's ``uniqueId``, or the integer value of the
+    NTNDArray attribute named ``field`` (``None`` when the frame has no such attribute or its
+    value is not a whole number)."""
+    if field == "uniqueId":
+        return frame.unique_id
+    for attr in frame.attributes:
+        if attr.name == field:
+            value = attr.value
+            if isinstance(value, bool):
+                return None
+            if isinstance(value, int):
+                return value
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+            try:
+                return int(str(value))
+            except ValueError:
+                return None
+    return None
 
 
 def outputs(result: Output) -> list[Frame]:
