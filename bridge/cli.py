@@ -11,6 +11,7 @@ from pvaflow.control import CONTROL_TOPIC, STATUS_TOPIC
 from pvaflow.errors import ConfigError
 from pvaflow.kafka.client import Kafka
 from pvaflow.kafka.settings import parse_override
+from pvaflow.kafka.topics import Replication
 from pvaflow.memory import release_large_frees
 from pvaflow.options import (
     Parser,
@@ -102,6 +103,7 @@ def config_from_args(args: argparse.Namespace) -> BridgeConfig:
         server_queue_size=args.server_queue_size, receiver_queue_size=args.receiver_queue_size,
         fmt=args.fmt, topic_config=dict(args.topic_config), max_wait=args.max_buffer_wait,
         flush_timeout=args.flush_timeout, bridge_id=args.bridge_id,
+        replication=Replication.from_args(args),
     )
 
 

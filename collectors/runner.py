@@ -17,7 +17,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, cast
 
 import numpy as np
@@ -30,7 +30,7 @@ from pvaflow.control import ComponentId
 from pvaflow.dlq import dlq_headers
 from pvaflow.errors import FrameError
 from pvaflow.kafka.produce import Sender
-from pvaflow.kafka.topics import ensure_topic
+from pvaflow.kafka.topics import Replication, ensure_topic
 from pvaflow.metrics import consumer_lag
 from pvaflow.plugin import Processor, outputs
 
@@ -56,6 +56,7 @@ class CollectorConfig:
     cache_size: int = 1000
     max_delay: float = 5.0
     commit_interval: float = 0.2
+    replication: Replication = field(default_factory=Replication)
 
 
 class Collector:
@@ -129,8 +130,8 @@ class Collector:
         self.sender = ctx.sender(self.producer, on_full="fail")
         admin = kafka.admin()
         for topic in filter(None, (cfg.output_topic, cfg.late_topic, cfg.dlq_topic)):
-            ensure_topic(topic, 1, admin=admin, strict=False)
-        ensure_state_topic(cfg.state_topic, admin)
+            ensure_topic(topic, 1, admin=admin, strict=False, replication=cfg.replication)
+        ensure_state_topic(cfg.state_topic, admin, cfg.replication)
         self.producer.init_transactions(30)  # fences and aborts a crashed predecessor
         self.saved = load_state(cfg.state_topic, cfg.group, kafka)
         self.reorder = Reorderer(cfg.cache_size, cfg.max_delay, state=self.saved.reorder)

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from pvaflow.component import RunOptions, run_command, run_component
 from pvaflow.control import CONTROL_TOPIC, STATUS_TOPIC
 from pvaflow.kafka.client import Kafka
+from pvaflow.kafka.topics import Replication
 from pvaflow.memory import release_large_frees
 from pvaflow.options import (
     Parser,
@@ -118,7 +119,8 @@ def config(args: argparse.Namespace) -> RunnerConfig:
         batch_size=args.batch_size, commit_interval=args.commit_interval,
         topic_wait=args.runtime, output_channel=channel_name(args.output_channel, cid),
         status_channel=channel_name(args.status_channel, cid),
-        control_channel=channel_name(args.control_channel, cid))
+        control_channel=channel_name(args.control_channel, cid),
+        replication=Replication.from_args(args))
 
 
 def _name_pvapy_plugin(plugin: Processor, cfg: RunnerConfig, output_topic: str | None) -> None:

@@ -23,7 +23,7 @@ import contextlib
 import logging
 import pprint
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, cast
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
@@ -36,7 +36,7 @@ from pvaflow.control import ComponentId
 from pvaflow.dlq import dlq_headers
 from pvaflow.errors import PluginError, PvaflowError
 from pvaflow.kafka.produce import Sender
-from pvaflow.kafka.topics import ensure_topic
+from pvaflow.kafka.topics import Replication, ensure_topic
 from pvaflow.metrics import consumer_lag
 from pvaflow.plugin import Processor, PvaPyAdapter, outputs
 
@@ -71,6 +71,7 @@ class RunnerConfig:
     output_channel: str | None = None
     status_channel: str | None = None
     control_channel: str | None = None
+    replication: Replication = field(default_factory=Replication)
 
     @property
     def name(self) -> str:
@@ -152,7 +153,8 @@ class Runner:
             for topic, partitions in ((cfg.output_topic, cfg.output_partitions),
                                       (cfg.dlq_topic, 1)):
                 if topic:
-                    ensure_topic(topic, partitions, admin=admin, strict=False)
+                    ensure_topic(topic, partitions, admin=admin, strict=False,
+                                 replication=cfg.replication)
             # The clients before the wait: a refused -X setting is reported at once, not
             # when the bridge finally creates the topic.
             self._consumer = ctx.kafka.consumer(cfg.group, self._consumer_conf(ctx))
