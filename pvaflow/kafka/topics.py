@@ -38,6 +38,10 @@ Record = tuple[bytes | None, bytes | None]
 
 MIN_ISR = "min.insync.replicas"
 
+# A topic just created, not yet known to this client or to the broker it asked.
+_NOT_YET = frozenset({KafkaError._UNKNOWN_PARTITION, KafkaError._UNKNOWN_TOPIC,
+                      KafkaError.UNKNOWN_TOPIC_OR_PART})
+
 
 @dataclass(frozen=True)
 class Replication:
@@ -150,7 +154,9 @@ def ensure_topic(
 def watermarks(consumer: Consumer, topic: str, timeout: float = 10.0) -> tuple[int, int]:
     """(low, high) watermarks of partition 0. A topic another component has only just
     created can be unknown to this client's metadata for a moment (two consumers started
-    together crashed on it), so that error is retried until ``timeout``."""
+    together crashed on it), and on a cluster to the broker asked, until the controller's
+    metadata reaches it (a bridge crashed on it at start on 3 brokers), so those errors are
+    retried until ``timeout``."""
     deadline = time.monotonic() + timeout
     while True:
         try:
@@ -159,8 +165,7 @@ def watermarks(consumer: Consumer, topic: str, timeout: float = 10.0) -> tuple[i
                 cached=False)
             return int(low), int(high)
         except KafkaException as exc:
-            if exc.args[0].code() != KafkaError._UNKNOWN_PARTITION or \
-                    time.monotonic() > deadline:
+            if exc.args[0].code() not in _NOT_YET or time.monotonic() > deadline:
                 raise
             time.sleep(0.2)
 
