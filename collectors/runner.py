@@ -1,9 +1,10 @@
 """The collector: consume processed frames, reorder by uniqueId, emit exactly once.
 
-Every ``commit_interval`` the emitted frames, the dead letters, the reorder state and the input
-offsets are committed in one Kafka transaction (consume-transform-produce). Cached frames are
-not committed, so after a crash they are read again; already emitted ones that come back are
-recognised as replays (below the saved consumed position) and dropped silently.
+Every ``commit_interval`` the emitted frames, the dead letters and the reorder state (with the
+consumed input positions) are committed in one Kafka transaction; the group's input offsets
+follow it (see ``_commit``). Cached frames are not committed, so after a crash they are read
+again; already emitted ones that come back are recognised as replays (below the saved consumed
+position) and dropped silently.
 
 A :class:`Collector` is a :class:`pvaflow.component.Component`: the lifecycle owns the loop,
 signals, runtime, control and metrics serving, so commands (``configure``, ``reset_stats``)
@@ -310,6 +311,8 @@ class Collector:
                 self._at_end.discard(tp)
             elif err.code() == KafkaError._PARTITION_EOF:
                 self._at_end.add(tp)
+            elif err.fatal():  # e.g. fenced: this consumer reads nothing more, ever
+                raise KafkaException(err)
             else:
                 log.warning("consumer error: %s", err)
         return records
@@ -421,19 +424,44 @@ class Collector:
         positions = committable(consumed, zip(_partitions(cached), offsets, strict=True))
         state = SavedState(self.reorder.state, consumed)
         self._send(self.cfg.state_topic, state.encode(), self.cfg.group.encode(), None)
-        if positions:
-            self.producer.send_offsets_to_transaction(
-                [TopicPartition(t, p, o) for (t, p), o in positions.items()],
-                self.consumer.consumer_group_metadata(), 30)
-        try:
-            self.producer.commit_transaction(60)
-        except KafkaException as exc:
-            # Outputs already left the cache; only a restart from committed state is safe.
-            if exc.args[0].txn_requires_abort():
-                self.producer.abort_transaction(30)
-            raise
+        self._commit_transaction()
         self._dirty = False
+        if positions:
+            # The input offsets follow the transaction instead of riding in it
+            # (send_offsets_to_transaction): librdkafka can block in that call for good when
+            # the group coordinator's broker dies (its timeout is not applied: librdkafka
+            # issues 5456 and 5511), which froze the collector when a broker was killed. The
+            # saved state above already holds the consumed positions, in the transaction; a
+            # restart from offsets older than it drops the re-read frames as replays.
+            try:
+                self.consumer.commit(
+                    offsets=[TopicPartition(t, p, o) for (t, p), o in positions.items()],
+                    asynchronous=True)
+            except KafkaException as exc:  # the next commit carries them again
+                log.warning("committing input offsets: %s", exc)
         self.producer.begin_transaction()
+
+    def _commit_transaction(self) -> None:
+        """Commit the open transaction, retrying while Kafka says a retry may succeed (a
+        coordinator moving to another broker times the call out); any other failure aborts
+        (when required) and raises: only a restart from committed state is then safe, since
+        the outputs already left the cache."""
+        deadline = time.monotonic() + 300.0
+        while True:
+            try:
+                self.producer.commit_transaction(60)
+                return
+            except KafkaException as exc:
+                err = exc.args[0]
+                if err.retriable() and time.monotonic() < deadline and not self._stopping():
+                    log.warning("committing the transaction: %s; retrying", err.str())
+                    continue
+                if err.txn_requires_abort():
+                    self.producer.abort_transaction(30)
+                raise
+
+    def _stopping(self) -> bool:
+        return self._ctx is not None and self._ctx.stop.is_set()
 
     def _balance(self) -> None:
         """Flow control across partitions, so a backlog cannot fill the cache from a few
