@@ -14,7 +14,7 @@ from prometheus_client.registry import Collector
 from pvaflow.component import TICK, Context
 from pvaflow.control import ComponentId
 from pvaflow.errors import EXIT_OK, ConfigError
-from pvaflow.kafka.topics import ensure_topic
+from pvaflow.kafka.topics import Replication, ensure_topic
 
 from .compress import DEFAULT_BACKLOG_MB, DEFAULT_THREADS, CodecPool
 from .intake import Intake
@@ -78,6 +78,7 @@ class BridgeConfig:
     receiver_queue_size: int = 100
     fmt: str = "native"
     topic_config: dict[str, str] = field(default_factory=dict)
+    replication: Replication = field(default_factory=Replication)
     max_wait: float = 2.0
     flush_timeout: float = 30.0
     producer_extra: Mapping[str, Any] = field(default_factory=dict)
@@ -232,7 +233,8 @@ class Bridge:
         c = self.config
         admin = ctx.kafka.admin()
         for t in self.topics():
-            ensure_topic(t, c.partitions, admin=admin, config=c.topic_config)
+            ensure_topic(t, c.partitions, admin=admin, config=c.topic_config,
+                         replication=c.replication)
         limits = topic_limits(admin, self.topics())
         for t, n in limits.items():
             log.info("topic %s: %d partitions, max.message.bytes %d", t, c.partitions, n)

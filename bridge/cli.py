@@ -12,6 +12,7 @@ from pvaflow.control import CONTROL_TOPIC, STATUS_TOPIC
 from pvaflow.errors import ConfigError
 from pvaflow.kafka.client import Kafka
 from pvaflow.kafka.settings import parse_override
+from pvaflow.kafka.topics import Replication
 from pvaflow.memory import release_large_frees
 from pvaflow.options import (
     Parser,
@@ -138,6 +139,7 @@ def config_from_args(args: argparse.Namespace) -> BridgeConfig:
         codec_backlog_mb=args.codec_backlog_mb, metadata_channels=args.metadata_channels,
         metadata_tolerance=args.metadata_tolerance,
         metadata_queue_size=args.metadata_queue_size,
+        replication=Replication.from_args(args),
     )
 
 

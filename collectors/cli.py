@@ -11,6 +11,7 @@ from pvaflow.control import CONTROL_TOPIC, STATUS_TOPIC
 from pvaflow.errors import PvaflowError
 from pvaflow.kafka.client import Kafka
 from pvaflow.kafka.positions import ReplaySpec, replay_group
+from pvaflow.kafka.topics import Replication
 from pvaflow.memory import release_large_frees
 from pvaflow.options import (
     Parser,
@@ -140,7 +141,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         output_topic=args.output_topic, late_topic=args.late_topic,
         dlq_topic=dlq_topic(args.dlq_topic, topics), state_topic=args.state_topic,
         cache_size=args.collector_cache_size, max_delay=args.max_delay,
-        commit_interval=args.commit_interval,
+        commit_interval=args.commit_interval, replication=Replication.from_args(args),
     )
     if args.output_channel:
         sinks.append(PvaOutput(args.output_channel))

@@ -1,9 +1,10 @@
 """The collector: consume processed frames, reorder by uniqueId, emit exactly once.
 
-Every ``commit_interval`` the emitted frames, the dead letters, the reorder state and the input
-offsets are committed in one Kafka transaction (consume-transform-produce). Cached frames are
-not committed, so after a crash they are read again; already emitted ones that come back are
-recognised as replays (below the saved consumed position) and dropped silently.
+Every ``commit_interval`` the emitted frames, the dead letters and the reorder state (with the
+consumed input positions) are committed in one Kafka transaction; the group's input offsets
+follow it (see ``_commit``). Cached frames are not committed, so after a crash they are read
+again; already emitted ones that come back are recognised as replays (below the saved consumed
+position) and dropped silently.
 
 A :class:`Collector` is a :class:`pvaflow.component.Component`: the lifecycle owns the loop,
 signals, runtime, control and metrics serving, so commands (``configure``, ``reset_stats``)
@@ -18,7 +19,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, cast
 
 import numpy as np
@@ -32,7 +33,7 @@ from pvaflow.dlq import dlq_headers
 from pvaflow.errors import FrameError
 from pvaflow.kafka.positions import Positions, ReplaySpec
 from pvaflow.kafka.produce import Sender
-from pvaflow.kafka.topics import ensure_topic
+from pvaflow.kafka.topics import Replication, ensure_topic
 from pvaflow.metrics import consumer_lag
 from pvaflow.plugin import Processor, object_id, outputs
 
@@ -62,6 +63,7 @@ class CollectorConfig:
     oid_field: str = "uniqueId"  # PvaPy's -of: reorder by this attribute instead
     oid_offset: int = 1  # PvaPy's -oo: ids step by this much
     skip_initial_updates: int = 0  # PvaPy's -siu
+    replication: Replication = field(default_factory=Replication)
 
 
 # PvaPy framework keys of ``configure`` that set nothing in a Kafka collector, and why.
@@ -148,8 +150,8 @@ class Collector:
         self.sender = ctx.sender(self.producer, on_full="fail")
         admin = kafka.admin()
         for topic in filter(None, (cfg.output_topic, cfg.late_topic, cfg.dlq_topic)):
-            ensure_topic(topic, 1, admin=admin, strict=False)
-        ensure_state_topic(cfg.state_topic, admin)
+            ensure_topic(topic, 1, admin=admin, strict=False, replication=cfg.replication)
+        ensure_state_topic(cfg.state_topic, admin, cfg.replication)
         self.producer.init_transactions(30)  # fences and aborts a crashed predecessor
         self.saved = load_state(cfg.state_topic, cfg.group, kafka)
         self.reorder = Reorderer(cfg.cache_size, cfg.max_delay, state=self.saved.reorder)
@@ -385,6 +387,8 @@ class Collector:
                 self._at_end.discard(tp)
             elif err.code() == KafkaError._PARTITION_EOF:
                 self._at_end.add(tp)
+            elif err.fatal():  # e.g. fenced: this consumer reads nothing more, ever
+                raise KafkaException(err)
             else:
                 log.warning("consumer error: %s", err)
         return records
@@ -518,19 +522,44 @@ class Collector:
         positions = committable(consumed, zip(_partitions(cached), offsets, strict=True))
         state = SavedState(self.reorder.state, consumed)
         self._send(self.cfg.state_topic, state.encode(), self.cfg.group.encode(), None)
-        if positions:
-            self.producer.send_offsets_to_transaction(
-                [TopicPartition(t, p, o) for (t, p), o in positions.items()],
-                self.consumer.consumer_group_metadata(), 30)
-        try:
-            self.producer.commit_transaction(60)
-        except KafkaException as exc:
-            # Outputs already left the cache; only a restart from committed state is safe.
-            if exc.args[0].txn_requires_abort():
-                self.producer.abort_transaction(30)
-            raise
+        self._commit_transaction()
         self._dirty = False
+        if positions:
+            # The input offsets follow the transaction instead of riding in it
+            # (send_offsets_to_transaction): librdkafka can block in that call for good when
+            # the group coordinator's broker dies (its timeout is not applied: librdkafka
+            # issues 5456 and 5511), which froze the collector when a broker was killed. The
+            # saved state above already holds the consumed positions, in the transaction; a
+            # restart from offsets older than it drops the re-read frames as replays.
+            try:
+                self.consumer.commit(
+                    offsets=[TopicPartition(t, p, o) for (t, p), o in positions.items()],
+                    asynchronous=True)
+            except KafkaException as exc:  # the next commit carries them again
+                log.warning("committing input offsets: %s", exc)
         self.producer.begin_transaction()
+
+    def _commit_transaction(self) -> None:
+        """Commit the open transaction, retrying while Kafka says a retry may succeed (a
+        coordinator moving to another broker times the call out); any other failure aborts
+        (when required) and raises: only a restart from committed state is then safe, since
+        the outputs already left the cache."""
+        deadline = time.monotonic() + 300.0
+        while True:
+            try:
+                self.producer.commit_transaction(60)
+                return
+            except KafkaException as exc:
+                err = exc.args[0]
+                if err.retriable() and time.monotonic() < deadline and not self._stopping():
+                    log.warning("committing the transaction: %s; retrying", err.str())
+                    continue
+                if err.txn_requires_abort():
+                    self.producer.abort_transaction(30)
+                raise
+
+    def _stopping(self) -> bool:
+        return self._ctx is not None and self._ctx.stop.is_set()
 
     def _balance(self) -> None:
         """Flow control across partitions, so a backlog cannot fill the cache from a few

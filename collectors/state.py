@@ -19,7 +19,7 @@ from confluent_kafka.admin import AdminClient
 
 from pvaflow.errors import KafkaFailure
 from pvaflow.kafka.client import Kafka
-from pvaflow.kafka.topics import ensure_topic, read_partition
+from pvaflow.kafka.topics import Replication, ensure_topic, read_partition
 
 from .reorder import ReorderState
 
@@ -54,8 +54,10 @@ class StateError(KafkaFailure):
     """The saved state could not be read: starting without it would emit ids twice."""
 
 
-def ensure_state_topic(name: str, admin: AdminClient) -> None:
-    ensure_topic(name, 1, admin=admin, strict=False, config={"cleanup.policy": "compact"})
+def ensure_state_topic(name: str, admin: AdminClient,
+                       replication: Replication | None = None) -> None:
+    ensure_topic(name, 1, admin=admin, strict=False, config={"cleanup.policy": "compact"},
+                 replication=replication)
 
 
 def load_state(topic: str, key: str, kafka: Kafka, timeout: float = 15.0) -> SavedState:

@@ -14,6 +14,7 @@ from pvaflow.component import RunOptions, run_command, run_component
 from pvaflow.control import CONTROL_TOPIC, STATUS_TOPIC
 from pvaflow.kafka.client import Kafka
 from pvaflow.kafka.positions import ReplaySpec, replay_group
+from pvaflow.kafka.topics import Replication
 from pvaflow.memory import release_large_frees
 from pvaflow.options import (
     Parser,
@@ -155,7 +156,8 @@ def config(args: argparse.Namespace) -> RunnerConfig:
         control_channel=channel_name(args.control_channel, cid),
         accumulate_objects=args.accumulate_objects,
         accumulation_timeout=args.accumulation_timeout,
-        skip_initial_updates=args.skip_initial_updates, oid_field=args.oid_field)
+        skip_initial_updates=args.skip_initial_updates, oid_field=args.oid_field,
+        replication=Replication.from_args(args))
 
 
 def _name_pvapy_plugin(plugin: Processor, cfg: RunnerConfig, output_topic: str | None) -> None:

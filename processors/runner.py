@@ -31,7 +31,7 @@ import contextlib
 import logging
 import pprint
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, cast
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
@@ -46,7 +46,7 @@ from pvaflow.errors import PluginError, PvaflowError
 from pvaflow.frame import Frame
 from pvaflow.kafka.positions import Positions, ReplaySpec
 from pvaflow.kafka.produce import Sender
-from pvaflow.kafka.topics import ensure_topic
+from pvaflow.kafka.topics import Replication, ensure_topic
 from pvaflow.metrics import consumer_lag
 from pvaflow.plugin import Processor, PvaPyAdapter, object_id, outputs, takes_batches
 
@@ -87,6 +87,7 @@ class RunnerConfig:
     accumulation_timeout: float = 1.0
     skip_initial_updates: int = 0  # PvaPy's -siu: the first N frames are not processed
     oid_field: str = "uniqueId"  # PvaPy's -of: the id in first/last_unique_id
+    replication: Replication = field(default_factory=Replication)
 
     @property
     def name(self) -> str:
@@ -173,7 +174,8 @@ class Runner:
             for topic, partitions in ((cfg.output_topic, cfg.output_partitions),
                                       (cfg.dlq_topic, 1)):
                 if topic:
-                    ensure_topic(topic, partitions, admin=admin, strict=False)
+                    ensure_topic(topic, partitions, admin=admin, strict=False,
+                                 replication=cfg.replication)
             # The clients before the wait: a refused -X setting is reported at once, not
             # when the bridge finally creates the topic.
             self._consumer = ctx.kafka.consumer(cfg.group, self._consumer_conf(ctx))

@@ -129,6 +129,14 @@ def add_kafka_args(parser: argparse.ArgumentParser) -> None:
         "--kafka-timeout", type=float, default=120.0, metavar="SECONDS",
         help="give up (exit 3) when no broker has answered for this long; 0 waits forever "
              "(default: 120)")
+    g.add_argument(
+        "--replication-factor", type=replication_factor, default=-1, metavar="N",
+        help="replicas of each topic this command creates; -1 is the broker's "
+             "default.replication.factor (default: -1)")
+    g.add_argument(
+        "--min-insync-replicas", type=non_negative_int, default=0, metavar="N",
+        help="min.insync.replicas of each topic this command creates; 0 is automatic: 2 "
+             "when replicated 3 or more times, else 1 (default: 0)")
 
 
 def add_run_args(parser: argparse.ArgumentParser, *, report_period: float = 10.0) -> None:
@@ -223,6 +231,27 @@ def id_list(text: str) -> list[int]:
     if len(set(ids)) != len(ids):
         raise argparse.ArgumentTypeError(f"an id appears twice in {text!r}")
     return ids
+def replication_factor(text: str) -> int:
+    """argparse ``type=`` for ``--replication-factor``: ``-1`` or a positive integer."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value == 0 or value < -1:
+        raise argparse.ArgumentTypeError(
+            f"expected -1 (the broker's default) or a positive integer, got {text!r}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    """argparse ``type=`` for a count where 0 means automatic."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text!r}")
+    return value
 
 
 def non_negative(text: str) -> float:

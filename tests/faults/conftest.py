@@ -1,0 +1,152 @@
+"""Helpers for the fault suite: pvaflow commands as subprocesses (output in a log file, every
+one stopped by pid at teardown), the final status each component publishes, and topic readers.
+
+Every wait is on a condition with a generous bound: the suite runs on small shared machines,
+here beside three broker JVMs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+from confluent_kafka import Consumer, KafkaError, TopicPartition
+
+from pvaflow import codec
+from pvaflow.kafka.topics import read_partition
+
+BIN = Path(sys.executable).parent
+
+
+def wait_for(cond: Callable[[], Any], timeout: float, what: str, poll: float = 0.5) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = cond()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(poll)
+
+
+class Proc:
+    """A pvaflow command in its own session, output (stdout and stderr) in ``log``."""
+
+    def __init__(self, name: str, args: Sequence[str], log_dir: Path,
+                 env: Mapping[str, str]) -> None:
+        self.name = name
+        self.args = [str(BIN / args[0]), *args[1:]]
+        self.log = log_dir / f"{name}.log"
+        self.started = time.monotonic()
+        with open(self.log, "ab") as out:
+            self.proc = subprocess.Popen(self.args, stdout=out, stderr=subprocess.STDOUT,
+                                         stdin=subprocess.DEVNULL, env=dict(env),
+                                         start_new_session=True)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def poll(self) -> int | None:
+        return self.proc.poll()
+
+    def wait(self, timeout: float) -> int:
+        return self.proc.wait(timeout)
+
+    def signal(self, sig: int) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, sig)
+
+    def stop(self, timeout: float = 60.0) -> int | None:
+        """SIGTERM (the whole process group: --n-consumers children too), then SIGKILL."""
+        if self.proc.poll() is None:
+            self.signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.signal(signal.SIGKILL)
+                self.proc.wait(15)
+        return self.proc.returncode
+
+
+@pytest.fixture
+def run(tmp_path: Path, pva_env: dict[str, str]) -> Iterator[Callable[..., Proc]]:
+    """``run(name, command, *args, env=None)`` starts ``<venv>/bin/command args``; every
+    process is stopped by pid (and process group) at teardown."""
+    started: list[Proc] = []
+
+    def start(name: str, *args: str, env: Mapping[str, str] | None = None) -> Proc:
+        full = {**os.environ, **pva_env, "PYTHONUNBUFFERED": "1", **(env or {})}
+        p = Proc(name, args, tmp_path, full)
+        started.append(p)
+        return p
+
+    yield start
+    for p in reversed(started):
+        p.stop(30)
+
+
+@pytest.fixture
+def tag() -> str:
+    return uuid.uuid4().hex[:8]
+
+
+def final_statuses(status_topic: str, bootstrap: str,
+                   overrides: Mapping[str, str] | None = None) -> dict[str, dict[str, Any]]:
+    """The last ``final`` status message of every component on ``status_topic``, by
+    component ("kind/group/id")."""
+    records, _ = read_partition(status_topic, bootstrap, overrides, timeout=30)
+    out: dict[str, dict[str, Any]] = {}
+    for _key, value in records:
+        msg = json.loads(value or b"{}")
+        if msg.get("type") == "status" and msg.get("final"):
+            out[msg["component"]] = msg
+    return out
+
+
+def read_uids(bootstrap: str, topic: str, partitions: int, *,
+              overrides: Mapping[str, str] | None = None, timeout: float = 120.0,
+              until: Callable[[list[int]], bool] | None = None) -> list[int]:
+    """The uniqueId (record key) of every committed record of ``topic``, in log order per
+    partition, read to the end of every partition (or until ``until(ids)``)."""
+    c = Consumer({**(overrides or {}), "bootstrap.servers": bootstrap,
+                  "group.id": f"reader-{uuid.uuid4().hex[:8]}",
+                  "isolation.level": "read_committed", "enable.auto.commit": False,
+                  "enable.partition.eof": True, "log_level": 0})
+    ids: list[int] = []
+    at_end: set[int] = set()
+    try:
+        c.assign([TopicPartition(topic, p, 0) for p in range(partitions)])
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and len(at_end) < partitions:
+            m = c.poll(0.5)
+            if m is None:
+                continue
+            err = m.error()
+            if err is not None:
+                if err.code() == KafkaError._PARTITION_EOF:
+                    at_end.add(m.partition() or 0)
+                    continue
+                if err.retriable() or not err.fatal():
+                    continue
+                raise RuntimeError(str(err))
+            at_end.discard(m.partition() or 0)
+            ids.append(codec.decode_key(m.key()))
+            if until is not None and until(ids):
+                break
+    finally:
+        c.close()
+    return ids
