@@ -23,6 +23,7 @@ import pytest
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 
 from pvaflow import codec
+from pvaflow.kafka.client import Kafka
 from pvaflow.kafka.topics import read_partition
 
 BIN = Path(sys.executable).parent
@@ -108,7 +109,7 @@ def final_statuses(status_topic: str, bootstrap: str,
                    overrides: Mapping[str, str] | None = None) -> dict[str, dict[str, Any]]:
     """The last ``final`` status message of every component on ``status_topic``, by
     component ("kind/group/id")."""
-    records, _ = read_partition(status_topic, bootstrap, overrides, timeout=30)
+    records, _ = read_partition(status_topic, Kafka(bootstrap, overrides), timeout=30)
     out: dict[str, dict[str, Any]] = {}
     for _key, value in records:
         msg = json.loads(value or b"{}")

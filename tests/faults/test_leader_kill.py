@@ -173,9 +173,10 @@ def _one(finals: dict[str, dict[str, Any]], kind: str) -> dict[str, Any]:
 
 def final_or_last(boot: str, topic: str, kind: str) -> dict[str, Any] | None:
     """The newest status message of the component of ``kind`` on ``topic``."""
+    from pvaflow.kafka.client import Kafka
     from pvaflow.kafka.topics import read_partition
 
-    records, _ = read_partition(topic, boot, tail=50, timeout=15)
+    records, _ = read_partition(topic, Kafka(boot), tail=50, timeout=15)
     newest = None
     for _k, v in records:
         msg = json.loads(v or b"{}")

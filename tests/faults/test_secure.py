@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 from pvaflow.ops.broker import LocalBroker
 
+from pvaflow.kafka.client import Kafka
 from pvaflow.kafka.topics import read_partition
 from pvaflow.process import free_port
 
@@ -148,7 +149,7 @@ def test_a_pipeline_runs_over_sasl_ssl_and_no_output_shows_the_password(
         assert page, f"no /metrics from {name}"
     for p in procs:
         p.stop(60)
-    status_topic = read_partition(st, boot, settings, timeout=30)[0]
+    status_topic = read_partition(st, Kafka(boot, settings), timeout=30)[0]
     texts = [*outputs, *(p.text() for p in procs), *(page or "" for _n, page in pages),
              *((v or b"").decode(errors="replace") for _k, v in status_topic)]
     assert len(status_topic) > 10
