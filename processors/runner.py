@@ -31,6 +31,7 @@ from confluent_kafka.admin import AdminClient
 from prometheus_client.registry import Collector
 
 from pvaflow.codec import FrameError, decode, encode
+from pvaflow.codecs import SAME, encode_frame
 from pvaflow.component import Context
 from pvaflow.control import ComponentId
 from pvaflow.dlq import dlq_headers
@@ -59,6 +60,8 @@ class RunnerConfig:
     consumer_id: int = 1
     output_topic: str | None = None
     output_partitions: int = 1
+    # --output-codec: same (as received; new pixels in the input's codec), none, or a codec
+    output_codec: str = SAME
     dlq_topic: str | None = None
     exactly_once: bool = False
     max_queue_size: int = 1000
@@ -298,6 +301,7 @@ class Runner:
         stats, tracker, plugin = self.counters, self._tracker, self.plugin
         at_least_once = not self.cfg.exactly_once
         out_topic, channels = self.cfg.output_topic, self.channels
+        policy = self.cfg.output_codec
         clock, wall = time.perf_counter, time.time
         for msg in msgs:
             err = msg.error()
@@ -339,13 +343,16 @@ class Runner:
                 log.debug("consumer %s processed frame %d (%s[%d]@%d) -> %d output(s)",
                           self.cfg.name, frame.unique_id, topic, part, msg.offset(), len(outs))
             for out in outs:
-                if out_topic:
-                    try:
-                        key, val, headers = encode(out)
+                if out_topic or channels is not None:
+                    try:  # the output policy (a passthrough's frame is not decoded)
+                        out = encode_frame(out, policy)
+                        if out_topic:
+                            key, val, headers = encode(out)
                     except FrameError as exc:
                         stats.errors += 1
                         self._dead_letter(msg, "output", exc, rec)
                         continue
+                if out_topic:
                     headers.append(self._proc_header)
                     if at_least_once:
                         rec.left += 1
