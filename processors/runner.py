@@ -30,12 +30,13 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Produ
 from confluent_kafka.admin import AdminClient
 from prometheus_client.registry import Collector
 
-from pvaflow.codec import FrameError, decode, encode
+from pvaflow.codec import FrameError, Headers, decode, encode
 from pvaflow.codecs import SAME, encode_frame
 from pvaflow.component import Context
 from pvaflow.control import ComponentId
 from pvaflow.dlq import dlq_headers
 from pvaflow.errors import PluginError, PvaflowError
+from pvaflow.frame import Frame
 from pvaflow.kafka.produce import Sender
 from pvaflow.kafka.topics import ensure_topic
 from pvaflow.metrics import consumer_lag
@@ -46,6 +47,8 @@ from .stats import STATUS_SCHEMA, Stats, StatsCollector
 from .tracking import OffsetTracker
 
 log = logging.getLogger(__name__)
+
+Record = tuple[bytes, Any, Headers]
 
 KIND = "consumer"
 PROC_HEADER = "pf.proc"  # which consumer produced an output: "group/consumer_id"
@@ -345,9 +348,7 @@ class Runner:
             for out in outs:
                 if out_topic or channels is not None:
                     try:  # the output policy (a passthrough's frame is not decoded)
-                        out = encode_frame(out, policy)
-                        if out_topic:
-                            key, val, headers = encode(out)
+                        out, (key, val, headers) = output_record(out, policy)
                     except FrameError as exc:
                         stats.errors += 1
                         self._dead_letter(msg, "output", exc, rec)
@@ -500,6 +501,15 @@ class Runner:
         return StatsCollector(self.counters, {
             "component": KIND, "group": self.cfg.group,
             "consumer_id": str(self.cfg.consumer_id), "topic": self.cfg.input_topic})
+
+
+def output_record(frame: Frame, policy: str = SAME) -> tuple[Frame, Record]:
+    """An output frame after the stage's ``--output-codec`` policy, and its Kafka record (key,
+    value, headers). A frame that kept its payload (a passthrough's) is not decoded and its
+    value is the payload it came with; new pixels from a compressed input are compressed
+    again with its codec under ``same``. ``FrameError`` when the policy cannot be applied."""
+    out = encode_frame(frame, policy)
+    return out, encode(out)
 
 
 def _fmt(partitions: list[TopicPartition]) -> str:

@@ -162,13 +162,13 @@ def _frame_of_output(nt: Any, source: str, origin: str | None) -> Frame:
     so the stage's ``--output-codec same`` compresses them again. AdImageUtility's
     ``replaceNtNdArrayImage2D`` puts pixels into the input NTNDArray without clearing its
     codec fields: an array still naming a codec whose value holds exactly the image's pixels
-    while ``compressedSize`` says otherwise is read as the uncompressed image it is."""
+    (elements of the codec's type, as many as the image has; no blosc, lz4 or bslz4 payload is
+    ever exactly the uncompressed size) is read as the uncompressed image it is."""
     from .ntnda import frame_from_ntnda
 
     f = frame_from_ntnda(nt, source=source)
     codec = f.codec
-    if codec is not None and f.array.nbytes == codec.uncompressed_size \
-            and f.array.nbytes != int(nt["compressedSize"]):
+    if codec is not None and f.array.nbytes == codec.uncompressed_size:
         (_field, data), = nt["value"][0].items()
         pixels = np.asarray(data)
         if pixels.dtype == codec.dtype and pixels.size == math.prod(codec.shape):
