@@ -93,7 +93,7 @@ def test_passthrough_neither_decodes_nor_touches_the_payload(counting: Counting,
     f = compressed(image(), "counting")
     counting.decoded = counting.encoded = 0
     [out] = [Passthrough().process(f)]
-    frame, (key, value, headers) = output_record(out, policy)
+    _frame, (_key, value, headers) = output_record(out, policy)
     assert value.tobytes() == payload(f)
     assert dict(headers)["pf.codec"] == b"counting"
     assert counting.decoded == 0 and counting.encoded == 0
@@ -120,7 +120,7 @@ def test_a_pvapy_passthrough_gets_the_compressed_ntndarray_and_returns_it_untouc
     plugin = instantiate(Echo)
     assert isinstance(plugin, PvaPyAdapter)
     [out] = plugin.process(f)
-    _, (_key, value, headers) = output_record(out)
+    _, (_key, value, _headers) = output_record(out)
     assert value.tobytes() == payload(f) and counting.decoded == 0
     assert plugin.inner.seen == [("counting", len(payload(f)), image().nbytes)]
 
@@ -135,7 +135,7 @@ def test_rotate_on_compressed_input_and_the_output_codec_policy(source: str,
     f = compressed(pixels, source)
     out = Rotate({"k": 1}).process(f)
     assert out is not None
-    frame, (key, value, headers) = output_record(out, policy)
+    _frame, (key, value, headers) = output_record(out, policy)
     back = decode(key, value.tobytes(), headers)
     want = {"same": source, "none": None}.get(policy, policy)
     assert (back.codec.name if back.codec else None) == want
@@ -150,7 +150,7 @@ def test_a_passthrough_frame_is_decoded_only_when_the_policy_changes_its_codec(
     pixels = image(4)
     f = compressed(pixels, "counting")
     counting.decoded = 0
-    frame, (key, value, headers) = output_record(Passthrough().process(f), policy)
+    _frame, (key, value, headers) = output_record(Passthrough().process(f), policy)
     assert counting.decoded == 1
     back = decode(key, value.tobytes(), headers)
     assert (back.codec.name if back.codec else "none") == policy
@@ -172,7 +172,6 @@ def test_uncompressed_input_same_stays_uncompressed_and_a_codec_name_compresses(
 def test_an_output_the_policy_cannot_encode_raises_frame_error() -> None:
     from pvaflow.errors import FrameError
 
-    bad = Frame(np.zeros(7, np.uint8), unique_id=1)
     bad = recompress(Frame(image(), unique_id=1), "lz4")
     bad.array = bad.array[:-3]  # truncated payload: the policy "none" must decode it
     with pytest.raises(FrameError, match="frame 1"):
