@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import argparse
 import logging
 import sys
 from collections.abc import Sequence
 
+from pvaflow.codecs import SAME, installed_codecs, output_codec
 from pvaflow.component import RunOptions, run_component
 from pvaflow.control import CONTROL_TOPIC, STATUS_TOPIC
-from pvaflow.errors import PvaflowError
+from pvaflow.errors import PvaflowError, UsageError
+from pvaflow.hdf5 import COMPRESSIONS
 from pvaflow.kafka.client import Kafka
 from pvaflow.kafka.positions import ReplaySpec, replay_group
 from pvaflow.kafka.topics import Replication
@@ -27,7 +30,7 @@ from pvaflow.options import (
     positive_int,
 )
 
-from .outputs import FORMATS, FileWriter, Output, PvaOutput
+from .outputs import FORMATS, Output, PvaOutput, file_output
 from .state import STATE_TOPIC
 
 log = logging.getLogger("pvaflow.collector")
@@ -85,13 +88,30 @@ def build_parser() -> Parser:
     o.add_argument(*flags("--output-topic"), metavar="TOPIC",
                    help="ordered output topic (one partition, written transactionally)")
     o.add_argument(*flags("--output-channel"), metavar="PV", help="serve ordered frames over PVA")
-    o.add_argument("--output-dir", metavar="DIR", help="write one file per frame here")
+    o.add_argument("--output-codec", type=_output_codec, default=SAME, metavar="CODEC",
+                   help="codec of every output (topic, channel, files): same (as received), "
+                   "none (uncompressed) or a codec name "
+                   f"({', '.join(installed_codecs())}) (default: same)")
+    o.add_argument("--output-dir", metavar="DIR",
+                   help="write files here: one per frame (npy, tiff) or one per collector, "
+                   "<group>.<collector-id>.h5 (h5)")
     o.add_argument("--output-format", choices=FORMATS, default="npy",
                    help="file format for --output-dir (default: %(default)s)")
+    o.add_argument("--h5-compression", choices=COMPRESSIONS, default="bslz4",
+                   help="h5 chunks: bslz4 (bslz4 frames are written as they came, others "
+                   "compressed once) or none (plain pixels) (default: %(default)s)")
     add_control_args(p, control=CONTROL_TOPIC, status=STATUS_TOPIC)
     add_kafka_args(p)
     add_run_args(p)
     return p
+
+
+def _output_codec(value: str) -> str:
+    """``output_codec`` as argparse wants a type to fail: one usage line, exit 2."""
+    try:
+        return output_codec(value)
+    except UsageError as exc:
+        raise argparse.ArgumentTypeError(exc.line().removeprefix("--output-codec ")) from None
 
 
 def dlq_topic(args_dlq: str | None, input_topics: Sequence[str]) -> str | None:
@@ -122,7 +142,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     sinks: list[Output] = []
     try:
         if args.output_dir:
-            sinks.append(FileWriter(args.output_dir, args.output_format))
+            sinks.append(file_output(args.output_dir, args.output_format,
+                                     name=f"{args.group}.{args.collector_id}",
+                                     h5_compression=args.h5_compression))
     except OSError as exc:
         parser.error(f"--output-dir {args.output_dir}: {exc.strerror or exc}")
     try:
@@ -142,6 +164,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         dlq_topic=dlq_topic(args.dlq_topic, topics), state_topic=args.state_topic,
         cache_size=args.collector_cache_size, max_delay=args.max_delay,
         commit_interval=args.commit_interval, replication=Replication.from_args(args),
+        output_codec=args.output_codec,
     )
     if args.output_channel:
         sinks.append(PvaOutput(args.output_channel))

@@ -27,6 +27,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Produ
 from prometheus_client.registry import Collector as PromCollector
 
 from pvaflow import codec
+from pvaflow.codecs import SAME, encode_frame
 from pvaflow.component import Context
 from pvaflow.control import ComponentId
 from pvaflow.dlq import dlq_headers
@@ -64,6 +65,8 @@ class CollectorConfig:
     oid_offset: int = 1  # PvaPy's -oo: ids step by this much
     skip_initial_updates: int = 0  # PvaPy's -siu
     replication: Replication = field(default_factory=Replication)
+    # --output-codec for every output (ordered topic, PVA channel, files)
+    output_codec: str = SAME
 
 
 # PvaPy framework keys of ``configure`` that set nothing in a Kafka collector, and why.
@@ -459,9 +462,10 @@ class Collector:
         if items:
             self._dirty = True
         self._uncount([msg for _uid, msg in items])
+        policy = self.cfg.output_codec
         for _uid, msg in items:
-            if self.plugin is None and not self.sinks:
-                if topic:
+            if self.plugin is None and not self.sinks and policy == SAME:
+                if topic:  # the record as it came: nothing to decode
                     self._send(topic, msg.value(), msg.key(), msg.headers())
                 continue
             try:
@@ -479,12 +483,17 @@ class Collector:
                     continue
             else:
                 frames = [frame]
-            for f in frames:
-                if topic:
-                    key, value, headers = codec.encode(f)
-                    self._send(topic, value, key, headers)
-                for sink in self.sinks:
-                    sink.write(f)
+            try:
+                for f in frames:
+                    f = encode_frame(f, policy)  # a frame kept as it came is not decoded
+                    if topic:
+                        key, value, headers = codec.encode(f)
+                        self._send(topic, value, key, headers)
+                    for sink in self.sinks:
+                        sink.write(f)
+            except FrameError as exc:  # not encodable, corrupt pixels, does not fit the file
+                self.failed_out += 1
+                self._dead_letter(msg, "output", exc)
 
     def _send(self, topic: str, value: Any, key: Any, headers: Any,
               partition: int | None = 0) -> None:
@@ -521,6 +530,8 @@ class Collector:
         offsets = cast(list[int], [m.offset() for m in cached])
         positions = committable(consumed, zip(_partitions(cached), offsets, strict=True))
         state = SavedState(self.reorder.state, consumed)
+        for sink in self.sinks:  # files hold what this commit marks as emitted
+            sink.flush()
         self._send(self.cfg.state_topic, state.encode(), self.cfg.group.encode(), None)
         self._commit_transaction()
         self._dirty = False

@@ -10,8 +10,10 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from pvaflow.codecs import SAME, installed_codecs, output_codec
 from pvaflow.component import RunOptions, run_command, run_component
 from pvaflow.control import CONTROL_TOPIC, STATUS_TOPIC
+from pvaflow.errors import UsageError
 from pvaflow.kafka.client import Kafka
 from pvaflow.kafka.positions import ReplaySpec, replay_group
 from pvaflow.kafka.topics import Replication
@@ -53,6 +55,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="partitions when creating the output topic (default: 1)")
     g.add_argument(*flags("--output-channel"), metavar="PV",
                    help="PVA channel serving processed frames ('*' = consumer id)")
+    g.add_argument("--output-codec", type=_output_codec, default=SAME, metavar="CODEC",
+                   help="codec of the outputs: same (as received; new pixels are compressed "
+                   "again with the input's codec), none (uncompressed) or a codec name "
+                   f"({', '.join(installed_codecs())}) (default: same)")
     g.add_argument("--dlq-topic", metavar="TOPIC",
                    help="dead-letter topic for undecodable records and plugin failures "
                    "(default: <input topic>.dlq; '' disables)")
@@ -112,6 +118,14 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _output_codec(value: str) -> str:
+    """``output_codec`` as argparse wants a type to fail: one usage line, exit 2."""
+    try:
+        return output_codec(value)
+    except UsageError as exc:
+        raise argparse.ArgumentTypeError(exc.line().removeprefix("--output-codec ")) from None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse(build_parser(), argv)
@@ -148,6 +162,7 @@ def config(args: argparse.Namespace) -> RunnerConfig:
         input_topic=topic, group=replay_group(group, replay) if replay else group,
         consumer_id=cid, replay=replay,
         output_topic=args.output_topic, output_partitions=args.output_partitions,
+        output_codec=args.output_codec,
         dlq_topic=f"{topic}.dlq" if args.dlq_topic is None else (args.dlq_topic or None),
         exactly_once=args.exactly_once, max_queue_size=args.max_queue_size,
         batch_size=args.batch_size, commit_interval=args.commit_interval,

@@ -38,7 +38,8 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Produ
 from confluent_kafka.admin import AdminClient
 from prometheus_client.registry import Collector
 
-from pvaflow.codec import FrameError, decode, decode_key, encode
+from pvaflow.codec import FrameError, Headers, decode, decode_key, encode
+from pvaflow.codecs import SAME, encode_frame
 from pvaflow.component import Context
 from pvaflow.control import ComponentId
 from pvaflow.dlq import dlq_headers
@@ -56,6 +57,8 @@ from .tracking import OffsetTracker, Pending
 
 log = logging.getLogger(__name__)
 
+Record = tuple[bytes, Any, Headers]
+
 KIND = "consumer"
 PROC_HEADER = "pf.proc"  # which consumer produced an output: "group/consumer_id"
 POLL = 0.1  # seconds one step waits for records (the lifecycle wants steps of ~0.2 s at most)
@@ -69,6 +72,8 @@ class RunnerConfig:
     consumer_id: int = 1
     output_topic: str | None = None
     output_partitions: int = 1
+    # --output-codec: same (as received; new pixels in the input's codec), none, or a codec
+    output_codec: str = SAME
     dlq_topic: str | None = None
     exactly_once: bool = False
     max_queue_size: int = 1000
@@ -445,14 +450,16 @@ class Runner:
         stats = self.counters
         at_least_once = not self.cfg.exactly_once
         out_topic, channels = self.cfg.output_topic, self.channels
+        policy = self.cfg.output_codec
         for out in outs:
-            if out_topic:
-                try:
-                    key, val, headers = encode(out)
+            if out_topic or channels is not None:
+                try:  # the output policy (a passthrough's frame is not decoded)
+                    out, (key, val, headers) = output_record(out, policy)
                 except FrameError as exc:
                     stats.errors += 1
                     self._dead_letter(msg, "output", exc, rec)
                     continue
+            if out_topic:
                 headers.append(self._proc_header)
                 if at_least_once:
                     rec.left += 1
@@ -685,6 +692,15 @@ class BatchDelivery:
         if self.left == 0:
             for rec in self.recs:
                 rec.left -= 1
+
+
+def output_record(frame: Frame, policy: str = SAME) -> tuple[Frame, Record]:
+    """An output frame after the stage's ``--output-codec`` policy, and its Kafka record (key,
+    value, headers). A frame that kept its payload (a passthrough's) is not decoded and its
+    value is the payload it came with; new pixels from a compressed input are compressed
+    again with its codec under ``same``. ``FrameError`` when the policy cannot be applied."""
+    out = encode_frame(frame, policy)
+    return out, encode(out)
 
 
 def _fmt(partitions: list[TopicPartition]) -> str:

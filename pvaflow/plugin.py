@@ -17,11 +17,15 @@ import hashlib
 import importlib
 import importlib.util
 import logging
+import math
 import sys
 from collections.abc import Iterable
+from dataclasses import replace
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from .errors import PluginError
 from .frame import Frame
@@ -178,21 +182,18 @@ class PvaPyAdapter(Processor):
         self.inner.configure(config)
 
     def process(self, frame: Frame) -> Output:
-        from .ntnda import frame_from_ntnda, ntnda_from_frame
+        from .ntnda import ntnda_from_frame
 
         published = self._publisher.published
         published.clear()
         self._queue_metadata(frame)
+        # The NTNDArray as PvaPy would hand it over: a compressed frame keeps its payload and
+        # codec fields (AdImageUtility.reshapeNtNdArray decompresses it); nothing is decoded.
         returned = self.inner.process(ntnda_from_frame(frame))
         objects = list(published) or ([returned] if returned is not None else [])
         published.clear()
-        out = []
-        for nt in objects:
-            f = frame_from_ntnda(nt, source=frame.source)
-            # frame_from_ntnda is a view over the pvapy object, which dies with this call.
-            f.array = f.array.copy()
-            out.append(f)
-        return out
+        origin = frame.codec.name if frame.codec is not None else frame.origin_codec
+        return [_frame_of_output(nt, frame.source, origin) for nt in objects]
 
     def _queue_metadata(self, frame: Frame) -> None:
         import pvaccess as pva
@@ -222,6 +223,31 @@ class PvaPyAdapter(Processor):
     def get_stats(self) -> dict[str, StatValue]:
         stats = self.inner.getStats() or {}
         return {str(k): _plain(v) for k, v in stats.items()}
+
+
+def _frame_of_output(nt: Any, source: str, origin: str | None) -> Frame:
+    """A frame (owning its buffer) from an NTNDArray a PvaPy plugin published.
+
+    New pixels in an NTNDArray that came in compressed are marked as derived from its codec,
+    so the stage's ``--output-codec same`` compresses them again. AdImageUtility's
+    ``replaceNtNdArrayImage2D`` puts pixels into the input NTNDArray without clearing its
+    codec fields: an array still naming a codec whose value holds exactly the image's pixels
+    (elements of the codec's type, as many as the image has; no blosc, lz4 or bslz4 payload is
+    ever exactly the uncompressed size) is read as the uncompressed image it is."""
+    from .ntnda import frame_from_ntnda
+
+    f = frame_from_ntnda(nt, source=source)
+    codec = f.codec
+    if codec is not None and f.array.nbytes == codec.uncompressed_size:
+        (_field, data), = nt["value"][0].items()
+        pixels = np.asarray(data)
+        if pixels.dtype == codec.dtype and pixels.size == math.prod(codec.shape):
+            f = replace(f, array=pixels.reshape(codec.shape), codec=None)
+    # frame_from_ntnda is a view over the pvapy object, which dies with this call.
+    f = replace(f, array=f.array.copy())
+    if f.codec is None and origin is not None:
+        f.origin_codec = origin
+    return f
 
 
 def _plain(value: Any) -> StatValue:

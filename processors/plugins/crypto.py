@@ -9,7 +9,14 @@ frame to the dead-letter topic.
 
 The key (16, 24 or 32 bytes) comes from ``{"key_file": path}`` or from the environment
 variable named by ``{"key_env": NAME}`` (default ``PVAFLOW_FRAME_KEY``), as raw bytes, hex or
-base64. It is never logged or reported. ``python -m pvaflow.processors.plugins.crypto KEYFILE``
+base64. It is never logged or reported.
+
+What is encrypted is the payload as carried: a compressed frame (``bslz4``, ``lz4``, ``blosc``)
+is sealed as its compressed bytes, never decompressed (cheaper, and ciphertext would not
+compress anyway), and ``decrypt`` gives back exactly those bytes with their codec. Neither
+plugin decodes pixels. Run both stages with ``--output-codec same`` (the default): an
+encrypted frame cannot be decoded, so any other output codec sends it to the dead-letter
+topic. ``python -m pvaflow.processors.plugins.crypto KEYFILE``
 writes a fresh random key.
 """
 
@@ -20,6 +27,7 @@ import binascii
 import os
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -110,8 +118,8 @@ class Encrypt(_Crypto):
                                                                 inner))
         payload = np.frombuffer(nonce + sealed, dtype=np.uint8)
         name = f"{CODEC}+{inner}" if inner else CODEC
-        out = Frame(**{**frame.__dict__, "array": payload,
-                       "codec": Codec(name, dtype, shape, usize)})
+        out = replace(frame, array=payload, codec=Codec(name, dtype, shape, usize),
+                      origin_codec=None)
         self._count(t0, data.nbytes)
         return out
 
@@ -137,7 +145,7 @@ class Decrypt(_Crypto):
         else:
             array = np.frombuffer(plain, dtype=codec.dtype).reshape(codec.shape)
             new_codec = None
-        out = Frame(**{**frame.__dict__, "array": array, "codec": new_codec})
+        out = replace(frame, array=array, codec=new_codec, origin_codec=None)
         self._count(t0, len(plain))
         return out
 

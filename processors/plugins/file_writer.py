@@ -1,11 +1,21 @@
 """``file-writer``: saves frames to files and passes them on (PvaPy's adOutputFileProcessor).
 
 Config: ``{"format": "hdf5"|"npy"|"tiff", "directory": ".", "name": "frame_{uid:06d}",
-"passthrough": true}``. NPY and TIFF write one file per frame (name from ``name``; ``{uid}``
-is the uniqueId). HDF5 appends every frame to one file per consumer,
-``<directory>/<file or frames_<pid>.h5>``: dataset ``/entry/data/data`` (frames along axis 0,
-chunked one frame per chunk) and ``/entry/data/unique_id``; all frames in it must share shape
-and dtype. Files are flushed every ``flush_seconds`` (default 1) and closed on stop.
+"file": "frames_<pid>.h5", "compression": "bslz4"|"none", "passthrough": true}``.
+
+* NPY and TIFF: one file per frame (name from ``name``; ``{uid}`` is the uniqueId) holding
+  the pixels (a compressed frame is decoded).
+* HDF5: every frame goes into one NeXus-style file per consumer, ``<directory>/<file>``
+  (:mod:`pvaflow.hdf5`): ``/entry/data/data`` (frames along axis 0, one chunk per frame) with
+  ``/entry/data/uniqueId`` and ``/entry/data/timestamp`` beside it; all frames of a file share
+  shape and dtype. ``compression`` ``bslz4`` (default) stores chunks with the HDF5 bitshuffle
+  filter, writing a ``bslz4`` frame's compressed bytes directly (no decompression);
+  ``none`` stores plain pixels. A uniqueId written again (a frame reprocessed after a
+  restart) rewrites its row. The file is flushed every ``flush_seconds`` (default 1) and
+  closed on stop; name ``file`` per consumer (e.g. by consumer id) so that a restarted
+  consumer continues its file.
+
+The frame passed on is the input itself, untouched (compressed frames stay compressed).
 """
 
 from __future__ import annotations
@@ -18,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from pvaflow.frame import Frame
+from pvaflow.hdf5 import COMPRESSIONS, H5Writer
 from pvaflow.plugin import Processor, StatValue
 
 FORMATS = ("hdf5", "npy", "tiff")
@@ -34,7 +45,11 @@ class FileWriter(Processor):
         self.name = str(self.config.get("name", "frame_{uid:06d}"))
         self.passthrough = bool(self.config.get("passthrough", True))
         self.flush_seconds = float(self.config.get("flush_seconds", 1.0))
-        self._h5: Any = None
+        self.compression = str(self.config.get("compression", "bslz4")).lower()
+        if self.compression not in COMPRESSIONS:
+            raise ValueError(f"compression must be one of {', '.join(COMPRESSIONS)}, not "
+                             f"{self.compression!r}")
+        self._h5: H5Writer | None = None
         self._next_flush = 0.0
         if self.format == "tiff":
             import tifffile  # fail at start, not on the first frame
@@ -53,44 +68,23 @@ class FileWriter(Processor):
         self.directory.mkdir(parents=True, exist_ok=True)
 
     def process(self, frame: Frame) -> Frame | None:
-        if frame.codec is not None:
-            raise ValueError(f"frame {frame.unique_id} is {frame.codec.name}-encoded; decode "
-                             "it before writing")
         if self.format == "hdf5":
             self._append_h5(frame)
         else:
             path = self.directory / (self.name.format(uid=frame.unique_id) + "." + self.format)
             if self.format == "npy":
-                np.save(path, frame.array)
+                np.save(path, frame.image)
             else:
-                self._tifffile.imwrite(path, frame.array)
+                self._tifffile.imwrite(path, frame.image)
         self.n_written += 1
-        self.n_bytes += frame.array.nbytes
+        self.n_bytes += frame.nbytes
         return frame if self.passthrough else None
 
     def _append_h5(self, frame: Frame) -> None:
-        import h5py
-
         if self._h5 is None:
             name = str(self.config.get("file") or f"frames_{os.getpid()}.h5")
-            self._h5 = h5py.File(self.directory / name, "a")
-            grp = self._h5.require_group("entry/data")
-            if "data" not in grp:
-                shape = frame.array.shape
-                grp.create_dataset("data", shape=(0, *shape), maxshape=(None, *shape),
-                                   dtype=frame.array.dtype, chunks=(1, *shape))
-                grp.create_dataset("unique_id", shape=(0,), maxshape=(None,), dtype="i8",
-                                   chunks=(4096,))
-        grp = self._h5["entry/data"]
-        data, uids = grp["data"], grp["unique_id"]
-        if data.shape[1:] != frame.array.shape or data.dtype != frame.array.dtype:
-            raise ValueError(f"frame {frame.unique_id} is {frame.array.dtype}{frame.array.shape}"
-                             f"; this file holds {data.dtype}{data.shape[1:]}")
-        n = data.shape[0]
-        data.resize(n + 1, axis=0)
-        uids.resize(n + 1, axis=0)
-        data[n] = frame.array
-        uids[n] = frame.unique_id
+            self._h5 = H5Writer(self.directory / name, self.compression)
+        self._h5.write(frame)
         now = time.monotonic()
         if now >= self._next_flush:
             self._h5.flush()

@@ -1,7 +1,9 @@
 """``rotate``: the seed's example processor (``hpcAdImageProcessorExample``), natively.
 
 By default it swaps the image's x and y axes as the seed does; ``{"k": 1|2|3}`` turns it by
-``k`` quarter-turns instead. Dimension metadata is reset to plain dimensions of the new shape.
+``k`` quarter-turns (``np.rot90``) instead. Dimension metadata is reset to plain dimensions of
+the new shape. It reads ``frame.image``, so compressed frames work: they are decoded once, and
+the stage's ``--output-codec`` (default ``same``) compresses the result again.
 """
 
 from __future__ import annotations
@@ -21,15 +23,13 @@ class Rotate(Processor):
         self.reset_stats()
 
     def process(self, frame: Frame) -> Frame | None:
-        if frame.codec is not None:
-            raise ValueError(f"frame {frame.unique_id} is {frame.codec.name}-compressed; "
-                             "rotate needs pixels")
-        if frame.array.ndim < 2:
+        if len(frame.shape) < 2:
             return frame
         t0 = time.perf_counter()
+        pixels = frame.image  # a compressed frame is decoded here (FrameError if corrupt)
         k = int(self.config.get("k", 0))
-        image = np.rot90(frame.array, k) if k % 4 else np.swapaxes(frame.array, 0, 1)
-        out = frame.with_array(np.ascontiguousarray(image))
+        image = np.rot90(pixels, k) if k % 4 else np.swapaxes(pixels, 0, 1)
+        out = frame.with_image(np.ascontiguousarray(image))
         self.n_processed += 1
         self.processing_time += time.perf_counter() - t0
         return out

@@ -47,7 +47,7 @@ def test_a_refused_kafka_setting_is_one_line_naming_it(kafka_bootstrap: str,
 
 @pytest.mark.parametrize("argv", [
     ["--collector-cache-size", "0"], ["--max-delay", "-1"], ["-pa", "[1]"], ["-p", "x"],
-    ["--input-topc", "x"],
+    ["--input-topc", "x"], ["--output-codec", "zstd"], ["--h5-compression", "gzip"],
 ])
 def test_wrong_arguments_are_parser_errors(argv: list[str]) -> None:
     r, _ = run("--input-topic", "x", *argv)

@@ -13,6 +13,7 @@ import tifffile
 from pvaflow.processors.plugins.crypto import CryptoKeyError, Decrypt, Encrypt, generate_key
 
 from pvaflow.codec import decode, encode
+from pvaflow.errors import FrameError
 from pvaflow.frame import Codec, Frame
 from pvaflow.testing import make_frames, roundtrip, run_plugin
 
@@ -34,13 +35,13 @@ def test_rotate_swaps_axes_like_the_seed_example() -> None:
     assert r.stats["nProcessed"] == 3
 
 
-def test_rotate_quarter_turns_and_rejects_compressed_frames() -> None:
+def test_rotate_quarter_turns_and_dead_letters_corrupt_compressed_frames() -> None:
     f = make_frames(1, (2, 3))[0]
     [out] = run_plugin("rotate", [f], config={"k": 1}).outputs
     np.testing.assert_array_equal(out.array, np.rot90(f.array))
     z = Frame(np.zeros(5, np.uint8), unique_id=9, codec=Codec("lz4", np.dtype("u2"), (2, 2), 8))
     [(uid, exc)] = run_plugin("rotate", [z]).errors
-    assert uid == 9 and "compressed" in str(exc)
+    assert uid == 9 and isinstance(exc, FrameError) and "lz4" in str(exc)
 
 
 @pytest.mark.parametrize("dtype", ["int8", "uint16", "int32", "uint64", "float32", "float64"])
@@ -125,7 +126,7 @@ def test_file_writer_hdf5(tmp_path: Path) -> None:
                                                   "file": "out.h5"})
     assert not r.errors and r.unique_ids == [1, 2, 3, 4, 5]  # frames are passed on
     with h5py.File(tmp_path / "out.h5") as h:
-        data, uids = h["entry/data/data"][...], h["entry/data/unique_id"][...]
+        data, uids = h["entry/data/data"][...], h["entry/data/uniqueId"][...]
     assert data.shape == (5, 6, 7) and list(uids) == [1, 2, 3, 4, 5]
     for f, d in zip(frames, data, strict=True):
         np.testing.assert_array_equal(d, f.array)

@@ -59,6 +59,13 @@ def test_n_consumers_must_be_positive() -> None:
         assert "at least 1" in done.stderr
 
 
+def test_output_codec_must_be_same_none_or_an_installed_codec() -> None:
+    done, _ = run("--input-topic", "frames", *PLUGIN, "--output-codec", "zstd")
+    assert done.returncode == 2
+    assert lines(done.stderr) == [the_error_line(done.stderr, "--output-codec")]
+    assert "same, none or one of blosc, bslz4, lz4" in done.stderr
+
+
 def test_processor_args_must_be_a_json_object() -> None:
     done, _ = run("--input-topic", "frames", "-pf", "x.py", "-pc", "X", "-pa", "[1, 2]")
     assert done.returncode == 2
