@@ -56,7 +56,9 @@ class Intake:
         self.channel = channel
         self.producer = producer
         self.stats = stats
-        self.tracker = LossTracker()
+        # a fixed --distributor-first is where the stream starts: earlier ids never seen are
+        # missed (a late-started bridge); with auto nothing before the first frame is known
+        self.tracker = LossTracker(start_first=None if auto_first else plan.first)
         self._fmt = fmt
         self._auto_first = auto_first
         self._borrowed = borrowed
@@ -93,6 +95,11 @@ class Intake:
             s.restarts = self.tracker.restarts
             log.warning("%s restarted (uniqueId %d after %s): %d frames of the new run missed",
                         self.channel, uid, s.last_id, self.tracker.gap)
+        elif seen is Seen.FIRST and self.tracker.gap:
+            s.missed_at_start = self.tracker.missed_at_start
+            log.warning("%s: first frame is uniqueId %d, the stream starts at %d: %d frames "
+                        "published before the bridge started counted as missed", self.channel,
+                        uid, self.plan.first, self.tracker.gap)
         elif self.tracker.gap:
             log.debug("%s: %d frames missing before uniqueId %d", self.channel,
                       self.tracker.gap, uid)

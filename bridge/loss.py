@@ -4,6 +4,12 @@ Whatever drops a frame before the bridge sees it (server queue overrun, a full c
 disconnect) leaves a hole in the uniqueIds, so holes are the one loss measure that needs no
 cooperation from pvAccess. A uniqueId that goes backwards means the source restarted; a
 repeated one is the current value re-sent on reconnect.
+
+The first frame is a hole too when the stream's first uniqueId is known (``start_first``,
+from ``--distributor-first``): a bridge that sees uniqueId 525 first of a stream that starts
+at 1 never saw 1..524. Those count as missed (and as :attr:`LossTracker.missed_at_start`),
+so a late start is visible, not silent. Without a known start (``--distributor-first auto``)
+nothing before the first frame can be known.
 """
 
 from __future__ import annotations
@@ -26,10 +32,12 @@ class LossTracker:
     counted as missed too.
     """
 
-    def __init__(self, restart_first: int = 1) -> None:
+    def __init__(self, restart_first: int = 1, start_first: int | None = None) -> None:
         self.restart_first = restart_first
+        self.start_first = start_first
         self.last: int | None = None
         self.missed = 0
+        self.missed_at_start = 0
         self.restarts = 0
         self.duplicates = 0
         self.gap = 0
@@ -37,7 +45,11 @@ class LossTracker:
     def observe(self, uid: int) -> Seen:
         last = self.last
         if last is None:
-            self.last, self.gap = uid, 0
+            first = self.start_first
+            self.gap = uid - first if first is not None and uid > first else 0
+            self.missed_at_start = self.gap
+            self.missed += self.gap
+            self.last = uid
             return Seen.FIRST
         if uid == last + 1:
             self.last, self.gap = uid, 0

@@ -34,7 +34,7 @@ STATUS_SCHEMA = StatusSchema(
     "bridge", frames_in="received", frames_out="delivered",
     lost={"source_gaps": "missed", "overruns": "overruns", "dropped": "dropped",
           "delivery_errors": "delivery_errors"},
-    extra=("produced", "in_flight", "compressing", "codec_seconds"))
+    extra=("produced", "in_flight", "compressing", "codec_seconds", "missed_at_start"))
 
 
 @dataclass
@@ -52,6 +52,7 @@ class ChannelStats:
     bytes_delivered: int = 0
     delivery_errors: int = 0
     missed: int = 0            # uniqueIds never seen (gaps), whatever their cause
+    missed_at_start: int = 0   # of those, published before the first frame the bridge saw
     overruns: int = 0          # PVA monitor overruns reported by pvAccess
     queue_rejected: int = 0    # refused by a full client (PvObjectQueue) queue
     restarts: int = 0          # uniqueId went backwards: the source restarted
@@ -93,7 +94,8 @@ class ChannelStats:
             "bytes_produced": self.bytes_produced, "delivered": self.delivered,
             "bytes_delivered": self.bytes_delivered, "delivery_errors": self.delivery_errors,
             "dropped": self.dropped_total, "dropped_by_reason": dict(self.dropped),
-            "missed": self.missed, "overruns": self.overruns,
+            "missed": self.missed, "missed_at_start": self.missed_at_start,
+            "overruns": self.overruns,
             "queue_rejected": self.queue_rejected, "restarts": self.restarts,
             "duplicates": self.duplicates, "empty": self.empty, "in_flight": self.in_flight,
             "compressing": self.compressing, "codec_frames": self.codec_frames,
@@ -127,8 +129,10 @@ class Reporter:
             lines.append(
                 f"{'final ' if final else ''}bridge statistics {s.channel} -> {s.topic} "
                 f"(runtime {now - self._t0:.1f}s)\n"
-                f"    received: {s.received} ({rate:.1f} fps)  missed: {s.missed}  "
-                f"overruns: {s.overruns}  queue rejected: {s.queue_rejected}  "
+                f"    received: {s.received} ({rate:.1f} fps)  missed: {s.missed}"
+                + (f" ({s.missed_at_start} before the first frame)" if s.missed_at_start
+                   else "")
+                + f"  overruns: {s.overruns}  queue rejected: {s.queue_rejected}  "
                 f"restarts: {s.restarts}\n"
                 f"    produced: {s.produced}  delivered: {s.delivered} ({drate:.1f} fps, "
                 f"{mbps:.2f} MB/s)  in flight: {s.in_flight}  delivery errors: "
@@ -189,6 +193,8 @@ _COUNTERS: tuple[tuple[str, str, str], ...] = (
     ("bytes_delivered", "bytes_delivered", "bytes acknowledged by Kafka"),
     ("delivery_errors", "delivery_errors", "frames Kafka failed to deliver"),
     ("source_missed_frames", "missed", "frames missing from the uniqueId sequence"),
+    ("source_missed_at_start_frames", "missed_at_start",
+     "frames published before the bridge's first frame (part of source_missed_frames)"),
     ("source_overruns", "overruns", "PVA monitor overruns"),
     ("client_queue_rejected_frames", "queue_rejected", "frames refused by a full client queue"),
     ("source_restarts", "restarts", "source restarts (uniqueId went backwards)"),

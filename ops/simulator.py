@@ -19,6 +19,15 @@ from pathlib import Path
 
 from pvaflow.process import die_with_parent, free_port
 
+# pvapy-ad-sim-server starts its frame generator thread and, ``-std`` seconds later, its
+# publisher. With ``-std 0`` the publisher can run before the generator has cached frame 0:
+# ``getFrameFromCache`` raises ``KeyError: 0`` in the publisher's timer thread and the server
+# listens but never publishes a frame. Random frames of test size are generated in
+# milliseconds and one HDF5 chunk is read in well under a second, so a second is a wide
+# margin; ``sim_args`` never passes less. (Not a readiness signal: wait for frames with
+# :meth:`SimServer.wait_for_frames` when a test needs them.)
+MIN_START_DELAY = 1.0
+
 
 def free_udp_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
@@ -93,7 +102,7 @@ def sim_server_exe() -> str:
 def sim_args(
     channel: str, *, nx: int = 64, ny: int = 64, datatype: str = "uint8", fps: float = 10.0,
     runtime: float = 3600.0, n_frames: int = 10, total_frames: int | None = None,
-    start_delay: float = 0.0, report_period: int = 0, color_mode: int = 0,
+    start_delay: float = MIN_START_DELAY, report_period: int = 0, color_mode: int = 0,
     input_file: str | Path | None = None, hdf5_dataset: str | None = None,
     hdf5_compressed: bool = False, metadata_pvs: Sequence[str] = (),
     extra_args: Sequence[str] = (),
@@ -108,7 +117,9 @@ def sim_args(
 
     ``metadata_pvs`` (``-mpv``): ``pva://NAME`` or ``ca://NAME`` records set to a random value
     just before each frame, stamped with the frame's time (PVA) or the put time (CA); CA ones
-    need :func:`ca_loopback_env` in the server's and the clients' environment."""
+    need :func:`ca_loopback_env` in the server's and the clients' environment.
+    ``start_delay`` below :data:`MIN_START_DELAY` is raised to it (``-std 0`` races)."""
+    start_delay = max(start_delay, MIN_START_DELAY)
     args = [sim_server_exe(), "-cn", channel, "-nx", str(nx), "-ny", str(ny), "-dt", datatype,
             "-fps", str(fps), "-rt", str(runtime), "-std", str(start_delay), "-shd", "0",
             "-rp", str(report_period), "-cm", str(color_mode), "-dc"]
@@ -211,6 +222,32 @@ class SimServer:
 
     def listening(self) -> bool:
         return tcp_listening(self.port)
+
+    def current_unique_id(self, timeout: float = 5.0) -> int:
+        """The uniqueId the server publishes now (0 before its first frame), read with a
+        pvAccess get of that one field (in this process: :meth:`apply_env` first)."""
+        import pvaccess
+
+        try:
+            pv = pvaccess.Channel(self.channel).get("field(uniqueId)")
+        except Exception:  # not connected yet, or no value yet
+            return 0
+        return int(pv["uniqueId"])
+
+    def wait_for_frames(self, n: int = 1, timeout: float = 60.0) -> int:
+        """Wait until the server has published ``n`` frames (uniqueId >= n); returns the
+        uniqueId seen. Raises TimeoutError (with the server's log) if it does not."""
+        deadline = time.monotonic() + timeout
+        while True:
+            if not self.is_running():
+                raise RuntimeError(f"sim server exited:\n{self.log_text()[-3000:]}")
+            uid = self.current_unique_id()
+            if uid >= n:
+                return uid
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"sim server published {uid} of {n} frames within "
+                                   f"{timeout} s:\n{self.log_text()[-3000:]}")
+            time.sleep(0.1)
 
     def apply_env(self) -> None:
         """Client settings into os.environ: needed before this process's first channel."""

@@ -38,11 +38,11 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Produ
 from confluent_kafka.admin import AdminClient
 from prometheus_client.registry import Collector
 
-from pvaflow.codec import FrameError, Headers, decode, decode_key, encode
+from pvaflow.codec import FrameError, Headers, decode, decode_key, encode, header
 from pvaflow.codecs import SAME, encode_frame
 from pvaflow.component import Context
 from pvaflow.control import ComponentId
-from pvaflow.dlq import dlq_headers
+from pvaflow.dlq import as_reference, dlq_headers, record_size, topic_limit
 from pvaflow.errors import PluginError, PvaflowError
 from pvaflow.frame import Frame
 from pvaflow.kafka.positions import Positions, ReplaySpec
@@ -129,6 +129,11 @@ class Runner:
         self._batched = takes_batches(processor)
         self._held: list[Held] = []  # frames accumulated for the next batch
         self._last_arrival = 0.0
+        # The largest record the DLQ topic takes (min of its max.message.bytes and the
+        # producer's message.max.bytes); a bigger dead letter goes as a reference.
+        self._dlq_limit = 0
+        self._dlq_refused: list[tuple[Any, list[Any], str, Any]] = []  # resend as references
+        self._dlq_reference: set[tuple[str, int, int]] = set()  # origins to reference (EOS)
 
     # -- the clients (made in start) ------------------------------------------------------
 
@@ -184,7 +189,12 @@ class Runner:
             # The clients before the wait: a refused -X setting is reported at once, not
             # when the bridge finally creates the topic.
             self._consumer = ctx.kafka.consumer(cfg.group, self._consumer_conf(ctx))
-            self._producer = ctx.kafka.producer(self._producer_conf(ctx))
+            producer_conf = self._producer_conf(ctx)
+            self._producer = ctx.kafka.producer(producer_conf)
+            if cfg.dlq_topic:
+                limits = [int(producer_conf.get("message.max.bytes", 1_000_000)),
+                          topic_limit(admin, cfg.dlq_topic) or 1 << 62]
+                self._dlq_limit = min(limits)
             self._sender = ctx.sender(self._producer, on_full="fail")
             if cfg.exactly_once:
                 self._producer.init_transactions(30)
@@ -273,6 +283,8 @@ class Runner:
             if self._held:
                 self._release_held()
             producer.poll(0)
+            if self._dlq_refused:
+                self._resend_references()
         now = time.monotonic()
         if now >= self._next_commit:
             self._next_commit = now + cfg.commit_interval
@@ -354,6 +366,9 @@ class Runner:
                 frame = decode(msg.key(), value, msg.headers())
             except FrameError as exc:
                 stats.decode_errors += 1
+                seq = _sequence(msg)  # it arrived: not a gap, whatever else is wrong with it
+                if seq >= 0:
+                    stats.partition(topic, part).see(seq)
                 self._dead_letter(msg, "decode", exc, rec)
                 continue
             if frame.sequence >= 0:
@@ -488,13 +503,36 @@ class Runner:
                     msg.partition(), msg.offset(), stage, reason, extra={"unique_id": uid})
         if not self.cfg.dlq_topic:
             return
+        topic, key, value = self.cfg.dlq_topic, msg.key(), msg.value()
         headers = dlq_headers(msg, stage, exc, self.cfg.name)
-        if self.cfg.exactly_once:
-            self._produce(self.cfg.dlq_topic, msg.value(), msg.key(), headers, None)
+        origin = (cast(str, msg.topic()), cast(int, msg.partition()), cast(int, msg.offset()))
+        size = record_size(key, value, headers)
+        if size > self._dlq_limit or origin in self._dlq_reference:
+            # The copy would be refused, and a refused copy would stop the partition for good
+            value, headers = None, as_reference(headers, self._too_large(size))
+            self._dlq_reference.discard(origin)
+        if self.cfg.exactly_once:  # a refused copy aborts the transaction: reference it next
+            self._produce(topic, value, key, headers, _DlqRefused(self, origin, None))
         else:
             rec.left += 1
-            self._produce(self.cfg.dlq_topic, msg.value(), msg.key(), headers, rec)
+            on_delivery = rec if value is None else _DlqRefused(self, origin, rec, key, headers)
+            self._produce(topic, value, key, headers, on_delivery)
         self.counters.dlq += 1
+
+    def _too_large(self, size: int | None = None) -> str:
+        what = f"{size} bytes" if size is not None else "the record"
+        return (f"value left out: {what} exceed(s) what {self.cfg.dlq_topic} takes "
+                f"({self._dlq_limit} bytes: max.message.bytes / message.max.bytes)")
+
+    def _resend_references(self) -> None:
+        """Dead letters the broker refused as too large go again as references (the input
+        offset stays uncommitted until they are delivered)."""
+        refused, self._dlq_refused = self._dlq_refused, []
+        for key, headers, why, rec in refused:
+            log.warning("consumer %s: %s; dead-lettering a reference instead", self.cfg.name,
+                        why)
+            self._produce(cast(str, self.cfg.dlq_topic), None, key,
+                          as_reference(headers, why), rec)
 
     # -- commits --------------------------------------------------------------------------
 
@@ -505,6 +543,10 @@ class Runner:
         if sync:
             self.producer.flush(30)
         self.producer.poll(0)
+        if self._dlq_refused:
+            self._resend_references()
+            if sync:
+                self.producer.flush(30)
         offsets = self._tracker.committable(only)
         if offsets:
             try:
@@ -701,6 +743,42 @@ def output_record(frame: Frame, policy: str = SAME) -> tuple[Frame, Record]:
     again with its codec under ``same``. ``FrameError`` when the policy cannot be applied."""
     out = encode_frame(frame, policy)
     return out, encode(out)
+
+
+class _DlqRefused:
+    """Delivery callback of a dead letter sent with its value: a refusal for size
+    (MSG_SIZE_TOO_LARGE) is not a failure of the run but a reason to send a reference: the
+    runner resends it (at-least-once) or references that origin when it comes again after the
+    aborted transaction (exactly-once). Any other outcome goes to the input's
+    :class:`~.tracking.Pending` as usual."""
+
+    __slots__ = ("headers", "key", "origin", "rec", "runner")
+
+    def __init__(self, runner: Runner, origin: tuple[str, int, int], rec: Any,
+                 key: bytes | None = None, headers: list[Any] | None = None) -> None:
+        self.runner, self.origin, self.rec = runner, origin, rec
+        self.key, self.headers = key, headers
+
+    def __call__(self, err: KafkaError | None, msg: Any) -> None:
+        runner = self.runner
+        if err is not None and err.code() == KafkaError.MSG_SIZE_TOO_LARGE:
+            why = f"{runner._too_large()}; the broker refused the copy ({err.str()})"
+            if self.rec is None:
+                runner._dlq_reference.add(self.origin)
+            else:
+                runner._dlq_refused.append((self.key, self.headers or [], why, self.rec))
+            return
+        if self.rec is not None:
+            self.rec(err, msg)
+
+
+def _sequence(msg: Message) -> int:
+    """``pf.seq`` of a record that could not be decoded (-1 without a readable one)."""
+    try:
+        raw = header(msg.headers() or [], "pf.seq")
+        return int(raw) if raw is not None else -1
+    except (ValueError, TypeError):
+        return -1
 
 
 def _fmt(partitions: list[TopicPartition]) -> str:

@@ -46,7 +46,7 @@ from typing import Any
 import pytest
 from pvaflow.ops.broker import LocalBroker, LocalCluster
 from pvaflow.ops.broker.procs import pid_alive, signal_process
-from pvaflow.ops.simulator import SimServer, loopback_env, sim_args
+from pvaflow.ops.simulator import MIN_START_DELAY, SimServer, loopback_env, sim_args
 
 from pvaflow.process import free_port
 
@@ -395,22 +395,28 @@ def sim_server(
     """Factory starting ``pvapy-ad-sim-server`` processes; all are killed at teardown.
 
     ``sim_server(*, channel=None, nx=64, ny=64, datatype="uint8", fps=10.0, runtime=3600.0,
-    n_frames=10, total_frames=None, start_delay=0.0, report_period=0, color_mode=0,
-    extra_args=(), ready_timeout=30.0) -> SimServer``
+    n_frames=10, total_frames=None, start_delay=MIN_START_DELAY, report_period=0,
+    color_mode=0, extra_args=(), ready_timeout=30.0, wait_frames=0) -> SimServer``
 
     ``n_frames`` distinct random frames are generated up front and published round-robin
     (forever, until ``runtime``). ``total_frames=N`` instead publishes exactly N frames and
     the server exits (N frames are held in memory). ``start_delay`` is the pause before the
-    first frame (pvapy's default of 10 s is overridden to 0). The channel name defaults to a
+    first frame (pvapy's default of 10 s is overridden; never below ``MIN_START_DELAY``,
+    as ``-std 0`` can leave the server publishing nothing). The channel name defaults to a
     unique ``sim:<test>:<uuid6>``.
+
+    Readiness: the factory returns once the server listens. ``wait_frames=N`` also waits until
+    it has published N frames (a pvAccess get of uniqueId), for tests that need frames out
+    before they go on; other tests wait on their bridge or clients, never on a fixed sleep.
     """
     servers: list[SimServer] = []
 
     def factory(
         *, channel: str | None = None, nx: int = 64, ny: int = 64, datatype: str = "uint8",
         fps: float = 10.0, runtime: float = 3600.0, n_frames: int = 10,
-        total_frames: int | None = None, start_delay: float = 0.0, report_period: int = 0,
-        color_mode: int = 0, extra_args: Sequence[str] = (), ready_timeout: float = 30.0,
+        total_frames: int | None = None, start_delay: float = MIN_START_DELAY,
+        report_period: int = 0, color_mode: int = 0, extra_args: Sequence[str] = (),
+        ready_timeout: float = 30.0, wait_frames: int = 0,
     ) -> SimServer:
         if channel is None:
             channel = f"sim:{_slug(request.node.name, 40)}:{uuid.uuid4().hex[:6]}"
@@ -422,7 +428,10 @@ def sim_server(
         log = tmp_path / f"sim-{_slug(channel, 60)}.log"
         server = SimServer(args, channel, pva_env, log, ready_timeout)
         servers.append(server)
-        return server.start()
+        server.start()
+        if wait_frames:
+            server.wait_for_frames(wait_frames, timeout=ready_timeout + 60)
+        return server
 
     try:
         yield factory
