@@ -62,7 +62,9 @@ def test_broker_outage_buffers_then_delivers_and_counts_the_overflow(
     s = bridge.final()
     assert s["received"] == s["delivered"] + s["dropped"]          # exactly
     assert s["dropped"] == s["dropped_by_reason"]["buffer_full"] > 0
-    assert s["delivery_errors"] == 0 and s["missed"] == 0
+    # nothing lost at the source during the outage (a bridge that connected after the first
+    # frames on a loaded machine counts those as missed at start, not as gaps)
+    assert s["delivery_errors"] == 0 and s["missed"] == s["missed_at_start"]
     records = read_topic(kafka.bootstrap, "outage", expect=s["delivered"], timeout=60)
     ids = [r.uid for r in records]
     assert len(ids) == len(set(ids)) == s["delivered"]              # idempotent: no duplicates
