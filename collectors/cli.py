@@ -25,6 +25,7 @@ from pvaflow.options import (
     parse,
     positive_int,
 )
+from pvaflow.pva_channels import channel_name
 
 from .outputs import FORMATS, FileWriter, Output, PvaOutput
 from .state import STATE_TOPIC
@@ -87,7 +88,7 @@ def build_parser() -> Parser:
     o.add_argument("--output-dir", metavar="DIR", help="write one file per frame here")
     o.add_argument("--output-format", choices=FORMATS, default="npy",
                    help="file format for --output-dir (default: %(default)s)")
-    add_control_args(p, control=CONTROL_TOPIC, status=STATUS_TOPIC)
+    add_control_args(p, control=CONTROL_TOPIC, status=STATUS_TOPIC, pva=True)
     add_kafka_args(p)
     add_run_args(p)
     return p
@@ -141,6 +142,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         dlq_topic=dlq_topic(args.dlq_topic, topics), state_topic=args.state_topic,
         cache_size=args.collector_cache_size, max_delay=args.max_delay,
         commit_interval=args.commit_interval,
+        status_channel=channel_name(args.status_channel, args.collector_id),
+        control_channel=channel_name(args.control_channel, args.collector_id),
     )
     if args.output_channel:
         sinks.append(PvaOutput(args.output_channel))

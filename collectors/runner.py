@@ -35,6 +35,7 @@ from pvaflow.kafka.produce import Sender
 from pvaflow.kafka.topics import ensure_topic
 from pvaflow.metrics import consumer_lag
 from pvaflow.plugin import Processor, object_id, outputs
+from pvaflow.pva_channels import COLLECTOR_STATUS_FIELDS, PvaChannels
 
 from .outputs import Output
 from .reorder import Reorderer
@@ -62,6 +63,8 @@ class CollectorConfig:
     oid_field: str = "uniqueId"  # PvaPy's -of: reorder by this attribute instead
     oid_offset: int = 1  # PvaPy's -oo: ids step by this much
     skip_initial_updates: int = 0  # PvaPy's -siu
+    status_channel: str | None = None  # PvaPy's -sc/-cc (the '*' already replaced)
+    control_channel: str | None = None
 
 
 # PvaPy framework keys of ``configure`` that set nothing in a Kafka collector, and why.
@@ -122,6 +125,7 @@ class Collector:
         self.skipped = 0
         self._oid_step = max(1, cfg.oid_offset)
         self._oid_rest: int | None = None  # the ids' remainder mod the step
+        self.channels: PvaChannels | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -161,6 +165,11 @@ class Collector:
                                 on_revoke=self._on_revoke, on_lost=self._on_lost)
         self.producer.begin_transaction()
         self._next_commit = time.monotonic() + cfg.commit_interval
+        if cfg.status_channel or cfg.control_channel:
+            self.channels = PvaChannels(
+                cfg.collector_id, ctx.commands, ctx.stop.set, output=None,
+                status=cfg.status_channel, control=cfg.control_channel,
+                id_field="collectorId", status_fields=COLLECTOR_STATUS_FIELDS)
 
     def step(self) -> None:
         try:
@@ -206,6 +215,10 @@ class Collector:
 
     def _release(self) -> None:
         self._closing = True
+        if self.channels is not None:
+            self.channels.update_status(self.stats())
+            self.channels.stop()
+            self.channels = None
         if self.plugin is not None:
             self.plugin.stop()
         for sink in self.sinks:
@@ -236,6 +249,8 @@ class Collector:
     def report(self, final: bool = False) -> str:
         if final:
             return f"final stats: {json.dumps(self.stats())}"
+        if self.channels is not None:
+            self.channels.update_status(self.stats())
         c = self.counts()
         return (f"collector {self.identity}: received {c['received']} emitted {c['emitted']} "
                 f"missed {c['missed']} late {c['late']} duplicates {c['duplicates']} dlq "
