@@ -29,6 +29,7 @@ from pvaflow.options import (
     parse,
     positive_int,
 )
+from pvaflow.pva_channels import channel_name
 
 from .outputs import FORMATS, Output, PvaOutput, file_output
 from .state import STATE_TOPIC
@@ -100,7 +101,7 @@ def build_parser() -> Parser:
     o.add_argument("--h5-compression", choices=COMPRESSIONS, default="bslz4",
                    help="h5 chunks: bslz4 (bslz4 frames are written as they came, others "
                    "compressed once) or none (plain pixels) (default: %(default)s)")
-    add_control_args(p, control=CONTROL_TOPIC, status=STATUS_TOPIC)
+    add_control_args(p, control=CONTROL_TOPIC, status=STATUS_TOPIC, pva=True)
     add_kafka_args(p)
     add_run_args(p)
     return p
@@ -165,6 +166,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         cache_size=args.collector_cache_size, max_delay=args.max_delay,
         commit_interval=args.commit_interval, replication=Replication.from_args(args),
         output_codec=args.output_codec,
+        status_channel=channel_name(args.status_channel, args.collector_id),
+        control_channel=channel_name(args.control_channel, args.collector_id),
     )
     if args.output_channel:
         sinks.append(PvaOutput(args.output_channel))

@@ -37,6 +37,7 @@ from pvaflow.kafka.produce import Sender
 from pvaflow.kafka.topics import Replication, ensure_topic
 from pvaflow.metrics import consumer_lag
 from pvaflow.plugin import Processor, object_id, outputs
+from pvaflow.pva_channels import COLLECTOR_STATUS_FIELDS, PvaChannels
 
 from .outputs import Output
 from .reorder import Reorderer
@@ -67,6 +68,8 @@ class CollectorConfig:
     replication: Replication = field(default_factory=Replication)
     # --output-codec for every output (ordered topic, PVA channel, files)
     output_codec: str = SAME
+    status_channel: str | None = None  # PvaPy's -sc/-cc (the '*' already replaced)
+    control_channel: str | None = None
 
 
 # PvaPy framework keys of ``configure`` that set nothing in a Kafka collector, and why.
@@ -127,6 +130,7 @@ class Collector:
         self.skipped = 0
         self._oid_step = max(1, cfg.oid_offset)
         self._oid_rest: int | None = None  # the ids' remainder mod the step
+        self.channels: PvaChannels | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -166,6 +170,11 @@ class Collector:
                                 on_revoke=self._on_revoke, on_lost=self._on_lost)
         self.producer.begin_transaction()
         self._next_commit = time.monotonic() + cfg.commit_interval
+        if cfg.status_channel or cfg.control_channel:
+            self.channels = PvaChannels(
+                cfg.collector_id, ctx.commands, ctx.stop.set, output=None,
+                status=cfg.status_channel, control=cfg.control_channel,
+                id_field="collectorId", status_fields=COLLECTOR_STATUS_FIELDS)
 
     def step(self) -> None:
         try:
@@ -211,6 +220,10 @@ class Collector:
 
     def _release(self) -> None:
         self._closing = True
+        if self.channels is not None:
+            self.channels.update_status(self.stats())
+            self.channels.stop()
+            self.channels = None
         if self.plugin is not None:
             self.plugin.stop()
         for sink in self.sinks:
@@ -241,6 +254,8 @@ class Collector:
     def report(self, final: bool = False) -> str:
         if final:
             return f"final stats: {json.dumps(self.stats())}"
+        if self.channels is not None:
+            self.channels.update_status(self.stats())
         c = self.counts()
         return (f"collector {self.identity}: received {c['received']} emitted {c['emitted']} "
                 f"missed {c['missed']} late {c['late']} duplicates {c['duplicates']} dlq "

@@ -32,8 +32,8 @@ from pvaflow.options import (
     positive_int,
 )
 from pvaflow.plugin import Processor, PvaPyAdapter, load_processor
+from pvaflow.pva_channels import channel_name
 
-from .pva_channels import channel_name
 from .runner import Runner, RunnerConfig
 
 PROG = "pvaflow-consumer"

@@ -50,8 +50,8 @@ from pvaflow.kafka.produce import Sender
 from pvaflow.kafka.topics import Replication, ensure_topic
 from pvaflow.metrics import consumer_lag
 from pvaflow.plugin import Processor, PvaPyAdapter, object_id, outputs, takes_batches
+from pvaflow.pva_channels import PvaChannels
 
-from .pva_channels import PvaChannels
 from .stats import STATUS_SCHEMA, Stats, StatsCollector
 from .tracking import OffsetTracker, Pending
 

@@ -1,7 +1,8 @@
-"""PvaPy-style PVA channels of one consumer: output image, status and control.
+"""PvaPy-style PVA channels of one consumer or collector: output image, status and control.
 
-They behave as ``pvapy-hpc-consumer``'s do, so the seed's ``pvget``/``pvput`` session works
-unchanged: ``*`` in a channel name is the consumer id; the control record takes
+They behave as ``pvapy-hpc-consumer``'s and ``pvapy-hpc-collector``'s do, so the seed's
+``pvget``/``pvput`` session works unchanged: ``*`` in a channel name is the component's id
+(``consumerId``/``collectorId`` in the records); the control record takes
 ``{"command": ..., "args": "<json>"}`` and its ``statusMessage`` shows the last command's result.
 The server binds where the EPICS environment says (``EPICS_PVAS_INTF_ADDR_LIST`` etc.).
 
@@ -32,15 +33,16 @@ log = logging.getLogger(__name__)
 
 ID_FIELD = "consumerId"
 CONTROL_TYPE: dict[str, Any] = {
-    ID_FIELD: pva.UINT,
     "objectTime": pva.DOUBLE,
     "objectTimestamp": pva.PvTimeStamp(),
     "command": pva.STRING,
     "args": pva.STRING,
     "statusMessage": pva.STRING,
 }
-# Top-level status fields: (status-dict key, PVA field, type).
-STATUS_FIELDS: tuple[tuple[str, str, Any], ...] = (
+# Status fields: (status-dict key, PVA field, type); "struct.field" is a field of a
+# sub-structure. Every status record also carries the whole status as ``statsJson``.
+StatusFields = tuple[tuple[str, str, Any], ...]
+STATUS_FIELDS: StatusFields = (
     ("received", "nReceived", pva.ULONG),
     ("processed", "nProcessed", pva.ULONG),
     ("errors", "nErrors", pva.ULONG),
@@ -53,6 +55,20 @@ STATUS_FIELDS: tuple[tuple[str, str, Any], ...] = (
     ("rate", "processingRate", pva.DOUBLE),
     ("runtime", "runtime", pva.DOUBLE),
 )
+# The collector's, named as pvapy-hpc-collector's collectorStats where it has the same count.
+COLLECTOR_STATUS_FIELDS: StatusFields = (
+    ("received", "nReceived", pva.ULONG),
+    ("errors", "nErrors", pva.ULONG),
+    ("dlq", "nDlq", pva.ULONG),
+    ("lag", "lag", pva.LONG),
+    ("last_emitted_unique_id", "lastUniqueId", pva.LONG),
+    ("emitted", "collectorStats.nCollected", pva.ULONG),
+    ("rate", "collectorStats.collectedRate", pva.DOUBLE),
+    ("missed", "collectorStats.nMissed", pva.ULONG),
+    ("late", "collectorStats.nLate", pva.ULONG),
+    ("duplicates", "collectorStats.nDuplicates", pva.ULONG),
+    ("cache_depth", "collectorStats.nCached", pva.ULONG),
+)
 _DONE_MESSAGES = {
     "configure": "Configuration successful",
     "reset_stats": "Stats reset successful",
@@ -61,8 +77,20 @@ _DONE_MESSAGES = {
 }
 
 
-def channel_name(pattern: str | None, consumer_id: int) -> str | None:
-    return pattern.replace("*", str(consumer_id)) if pattern else None
+def channel_name(pattern: str | None, component_id: int | str) -> str | None:
+    return pattern.replace("*", str(component_id)) if pattern else None
+
+
+def _nest(flat: Mapping[str, Any]) -> dict[str, Any]:
+    """``{"a.b": x}`` as ``{"a": {"b": x}}`` (PvObject types and values are nested dicts)."""
+    out: dict[str, Any] = {}
+    for name, value in flat.items():
+        head, _, tail = name.partition(".")
+        if tail:
+            out.setdefault(head, {})[tail] = value
+        else:
+            out[name] = value
+    return out
 
 
 def _pva_type(value: Any) -> Any:
@@ -77,11 +105,17 @@ class PvaChannels:
     """Owns one ``PvaServer``; ``publish`` and ``update_status`` run on the loop thread,
     the control callback on pvapy's thread (it only enqueues onto the :class:`CommandBus`)."""
 
-    def __init__(self, consumer_id: int, commands: CommandBus, stop: Callable[[], None], *,
-                 output: str | None, status: str | None, control: str | None,
-                 user_stats_types: Mapping[str, Any] | None = None) -> None:
-        self.consumer_id = consumer_id
+    def __init__(self, component_id: int | str, commands: CommandBus, stop: Callable[[], None],
+                 *, output: str | None, status: str | None, control: str | None,
+                 user_stats_types: Mapping[str, Any] | None = None,
+                 id_field: str = ID_FIELD, status_fields: StatusFields = STATUS_FIELDS) -> None:
+        self.component_id = component_id
         self.output, self.status, self.control = output, status, control
+        # PvaPy's ids are integers (UINT); an id that is not one is served as a string
+        numeric = isinstance(component_id, int) or str(component_id).isdigit()
+        self._id = {id_field: int(component_id) if numeric else str(component_id)}
+        id_type = {id_field: pva.UINT if numeric else pva.STRING}
+        self._fields = status_fields
         self._commands = commands
         self._stop = stop
         self._lock = threading.Lock()
@@ -89,15 +123,15 @@ class PvaChannels:
         self._output_ready = False
         self._user_types = dict(user_stats_types or {})
         if status:
-            fields: dict[str, Any] = {ID_FIELD: pva.UINT, "objectTime": pva.DOUBLE,
+            fields: dict[str, Any] = {**id_type, "objectTime": pva.DOUBLE,
                                       "objectTimestamp": pva.PvTimeStamp(), "statsJson": pva.STRING}
-            fields.update({name: typ for _, name, typ in STATUS_FIELDS})
+            fields.update(_nest({name: typ for _, name, typ in status_fields}))
             if self._user_types:
                 fields["userStats"] = self._user_types
-            self._status = pva.PvObject(fields, {ID_FIELD: consumer_id})
+            self._status = pva.PvObject(fields, self._id)
             self._server.addRecord(status, self._status)
         if control:
-            self._control = pva.PvObject(CONTROL_TYPE, {ID_FIELD: consumer_id})
+            self._control = pva.PvObject({**id_type, **CONTROL_TYPE}, self._id)
             self._server.addRecord(control, self._control, self._on_control)
         log.info("PVA channels: output=%s status=%s control=%s", output, status, control)
 
@@ -131,14 +165,15 @@ class PvaChannels:
         if not self.status:
             return
         t = time.time()
-        values: dict[str, Any] = {ID_FIELD: self.consumer_id, "objectTime": t,
-                                  "objectTimestamp": pva.PvTimeStamp(t),
-                                  "statsJson": json.dumps(stats, default=str)}
-        for key, name, typ in STATUS_FIELDS:
+        flat: dict[str, Any] = {}
+        for key, name, typ in self._fields:
             v = stats.get(key)
             if v is None:
                 v = -1 if typ == pva.LONG else 0
-            values[name] = float(v) if typ == pva.DOUBLE else int(v)
+            flat[name] = float(v) if typ == pva.DOUBLE else int(v)
+        values: dict[str, Any] = {**self._id, "objectTime": t,
+                                  "objectTimestamp": pva.PvTimeStamp(t),
+                                  "statsJson": json.dumps(stats, default=str), **_nest(flat)}
         plugin = stats.get("plugin") or {}
         user = {}
         for k, typ in self._user_types.items():
