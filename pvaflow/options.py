@@ -203,12 +203,16 @@ def json_object(text: str) -> dict[str, Any]:
     return value
 
 
-def positive_int(text: str) -> int:
-    """argparse ``type=`` for counts that must be at least 1."""
+def _whole(text: str) -> int:
     try:
-        value = int(text)
+        return int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+
+
+def positive_int(text: str) -> int:
+    """argparse ``type=`` for counts that must be at least 1."""
+    value = _whole(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
     return value
@@ -231,12 +235,11 @@ def id_list(text: str) -> list[int]:
     if len(set(ids)) != len(ids):
         raise argparse.ArgumentTypeError(f"an id appears twice in {text!r}")
     return ids
+
+
 def replication_factor(text: str) -> int:
     """argparse ``type=`` for ``--replication-factor``: ``-1`` or a positive integer."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    value = _whole(text)
     if value == 0 or value < -1:
         raise argparse.ArgumentTypeError(
             f"expected -1 (the broker's default) or a positive integer, got {text!r}")
@@ -245,10 +248,7 @@ def replication_factor(text: str) -> int:
 
 def non_negative_int(text: str) -> int:
     """argparse ``type=`` for a count where 0 means automatic."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    value = _whole(text)
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be >= 0, got {text!r}")
     return value

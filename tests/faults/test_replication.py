@@ -48,7 +48,7 @@ def test_options_default_to_the_broker_default_and_automatic_min_isr() -> None:
 @pytest.mark.parametrize("argv, message", [
     (["--replication-factor", "0"], "expected -1"),
     (["--replication-factor", "-2"], "expected -1"),
-    (["--replication-factor", "x"], "expected an integer"),
+    (["--replication-factor", "x"], "expected a whole number"),
     (["--min-insync-replicas", "-1"], "must be >= 0"),
 ])
 def test_bad_values_are_one_line(argv: list[str], message: str,
