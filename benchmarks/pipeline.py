@@ -583,6 +583,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if a.render:
         render(json.loads((RESULTS / "pipeline.json").read_text()))
         return 0
+    # stopped by a signal, the run still ends every process it started (finally blocks)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     seconds = a.seconds or (3.0 if a.quick else 8.0)
     pipelines = a.only or list(PIPELINES)
     data: dict[str, Any] = {"seconds": seconds, "quick": a.quick, "partitions": PARTITIONS,
