@@ -400,7 +400,7 @@ def ordered_latency(bootstrap: str, topic: str, n: int) -> dict[str, float] | No
             ts = dict(m.headers() or []).get("pf.ts")
             if ts is None:
                 continue
-            sec, ns, _ = ts.split(b".")
+            sec, ns, _ = (ts if isinstance(ts, bytes) else ts.encode()).split(b".")
             src = int(sec) * 1e3 + int(ns) / 1e6
             lat.append((src, m.timestamp()[1] - src))
     c.close()
