@@ -698,21 +698,25 @@ NAMES = {"pvapy": "PvaPy (2 x hpc-consumer + hpc-collector)",
          "bare": "bare Kafka (producer + 2 relays + consumer)"}
 
 
-def _rate(runs: Sequence[dict[str, Any]] | None) -> str:
+def _rate(runs: Sequence[dict[str, Any]] | None, seconds: float) -> str:
+    """The highest passing requested rate; in brackets what the sim server published (it
+    falls short of high requested rates on this machine), and whether the ladder ended there."""
     if not runs:
         return "not run"
     top = best(runs)
     tried = max(r["rate"] for r in runs)
     if top is None:
         return f"< {min(r['rate'] for r in runs):g}"
-    return f"{top['rate']:g}" + (" (highest tried)" if top["rate"] == tried and all(
+    text = f"{top['rate']:g} ({top['published'] / seconds:,.0f} published)"
+    return text + (", highest tried" if top["rate"] == tried and all(
         r["ok"] for r in runs) else "")
 
 
-def _cpu_row(name: str, pipe: str, r: dict[str, Any]) -> list[Any]:
+def _cpu_row(name: str, pipe: str, r: dict[str, Any], seconds: float) -> list[Any]:
     cpu = {k: v for k, v in r["cpu"].items() if k != "broker"}
     total = sum(cpu.values())
-    per_frame = total / 100 / r["rate"] * 1e3 if r["rate"] else 0.0
+    fps = r["published"] / seconds if r["published"] else r["rate"]
+    per_frame = total / 100 / fps * 1e3 if fps else 0.0
     parts = ", ".join(f"{k} {v:.0f}" for k, v in cpu.items())
     return [name, pipe, f"{r['rate']:g}", parts, f"{r['cpu'].get('broker', 0):.0f}",
             f"{per_frame:.2f}", f"{r['load'][0]:.1f} / {r['load'][1]:.1f}"]
@@ -722,19 +726,22 @@ def render(data: dict[str, Any]) -> None:
     rows_rate, rows_cpu, rows_lat, rows_codec = [], [], [], []
     for name, e in data["configs"].items():
         runs = e["runs"]
-        rows_rate.append([name, *(_rate(runs.get(p)) for p in PIPELINES)])
+        rows_rate.append([name, *(_rate(runs.get(p), data["seconds"]) for p in PIPELINES)])
         for p in PIPELINES:
             top = best(runs.get(p) or [])
             if top:
-                rows_cpu.append(_cpu_row(name, p, top))
+                rows_cpu.append(_cpu_row(name, p, top, data["seconds"]))
             lat = e["latency"].get(p)
             if lat and "p50" in lat:
                 steady = (f"{lat['p50_steady']:.0f}", f"{lat['p99_steady']:.0f}",
                           lat["n_steady"]) if "p50_steady" in lat else ("n/a",) * 3
                 rows_lat.append([name, p, f"{lat['rate']:g}", *steady, f"{lat['p50']:.0f}",
                                  f"{lat['p99']:.0f}", lat.get("n", "")])
+    loads = [x for e in data["configs"].values() for runs in e["runs"].values()
+             for r in runs for x in r["load"]]
     for name, c in data.get("codec", {}).items():
-        rows_codec.append([name, _rate(c["raw"]), _rate(c["bslz4"])])
+        rows_codec.append([name, _rate(c["raw"], data["seconds"]),
+                           _rate(c["bslz4"], data["seconds"])])
     quick = ("**This is a `--quick` smoke run** (the lowest rung of each ladder only, short "
              "trials, latency taken from that trial): the rates are lower bounds, not limits. "
              if data.get("quick") else "")
@@ -771,17 +778,20 @@ they fail (a failure is retried once).
 {data.get('wall_seconds', 0) / 60:.0f} min.
 
 **The machine:** 2 cores shared with other work while this ran; the 1-minute load average is
-recorded before and after every trial (below and in the JSON) and was far above 2 throughout,
-so every number here is what is left of 2 busy cores for a sim server, a broker and the
+recorded before and after every trial (below and in the JSON) and ranged from
+{min(loads, default=0):.1f} to {max(loads, default=0):.1f} in this run (2.0 = both cores busy),
+so every number here is what is left of 2 shared cores for a sim server, a broker and the
 pipeline together. Read them as a comparison made under the same conditions, not as limits
 of the tools: see [capacity.md](capacity.md) for what they do and do not say about a cluster.
 
-Highest zero-loss rate (fps):
+Highest zero-loss rate (requested fps; in brackets the frames per second the source actually
+published in that trial):
 
 {table(["frames", *[NAMES[p] for p in PIPELINES]], rows_rate)}
 
 CPU at that rate (% of one core, per process tree, over the publishing window; the broker
-apart), pipeline CPU per frame (ms, all the processes but the broker), and the load average
+apart), pipeline CPU per published frame (ms, all the processes but the broker: sim server or
+bare producer included), and the load average
 before / after the trial:
 
 {table(["frames", "pipeline", "fps", "CPU % per process", "broker %", "ms CPU / frame",
