@@ -722,6 +722,21 @@ def _cpu_row(name: str, pipe: str, r: dict[str, Any], seconds: float) -> list[An
             f"{per_frame:.2f}", f"{r['load'][0]:.1f} / {r['load'][1]:.1f}"]
 
 
+def _loss_detail(pipe: str, c: dict[str, Any]) -> dict[str, Any]:
+    if pipe == "pvaflow":
+        b, col = c.get("bridge", {}), c.get("collector", {})
+        return {"bridge queue rejected / missed": b.get("missed"),
+                "bridge overruns": b.get("overruns"), "bridge dropped": b.get("dropped"),
+                "collector missed": col.get("missed")}
+    if pipe == "pvapy":
+        return {"consumers missed": c.get("consumers_missed"),
+                "consumers overruns": c.get("consumers_overruns"),
+                "collector missed+overruns": c.get("collector_missed")}
+    prod = c.get("producer", {})
+    return {"producer behind schedule (s)": prod.get("behind_s") if prod.get(
+        "behind_s", 0) > 1 else 0}
+
+
 def render(data: dict[str, Any]) -> None:
     rows_rate, rows_cpu, rows_lat, rows_codec = [], [], [], []
     for name, e in data["configs"].items():
@@ -737,6 +752,19 @@ def render(data: dict[str, Any]) -> None:
                           lat["n_steady"]) if "p50_steady" in lat else ("n/a",) * 3
                 rows_lat.append([name, p, f"{lat['rate']:g}", *steady, f"{lat['p50']:.0f}",
                                  f"{lat['p99']:.0f}", lat.get("n", "")])
+    rows_loss = []
+    for name, e in [*data["configs"].items(), *(
+            (f"{n} (--codec bslz4)", {"runs": {"pvaflow": c["bslz4"]}})
+            for n, c in data.get("codec", {}).items())]:
+        for p, runs in e["runs"].items():
+            for r in runs:
+                if r["ok"]:
+                    continue
+                c = r.get("counts", {})
+                where = ", ".join(f"{k} {v}" for k, v in _loss_detail(p, c).items() if v)
+                rows_loss.append([name, p, f"{r['rate']:g}", f"{r['out']}/{r['published']}",
+                                  where or "frames not out by the end of the drain",
+                                  f"{r['load'][0]:.1f} / {r['load'][1]:.1f}"])
     loads = [x for e in data["configs"].values() for runs in e["runs"].values()
              for r in runs for x in r["load"]]
     for name, c in data.get("codec", {}).items():
@@ -810,6 +838,10 @@ trials publish for {max(data['seconds'], 15.0) if not data.get('quick') else dat
 
 {table(["frames", "pipeline", "fps", "p50 steady", "p99 steady", "n steady", "p50 all",
         "p99 all", "n all"], rows_lat)}
+
+Where the failing trials lost their frames (each component's own counters):
+
+{table(["frames", "pipeline", "fps", "out / published", "lost at", "load"], rows_loss)}
 
 `pvaflow bridge --codec bslz4` on uncompressed sources (highest zero-loss fps, pvaflow only):
 
