@@ -19,7 +19,7 @@ the collector) is measured in a separate trial at half the highest zero-loss rat
 process is read from /proc over the publishing
 window (a process's children included), and the load average is recorded for each trial.
 
-    .venv/bin/python -m benchmarks.pipeline            # ~15-20 min
+    .venv/bin/python -m benchmarks.pipeline            # ~20 min on a loaded 2-core box
     .venv/bin/python -m benchmarks.pipeline --quick    # smoke run, 2-3 min
     .venv/bin/python -m benchmarks.pipeline --render   # rewrite the doc from the JSON
 """
