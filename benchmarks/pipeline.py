@@ -1,0 +1,895 @@
+"""End to end: PvaPy's HPC pipeline against pvaflow's, and a bare-Kafka pipeline of the same shape.
+
+One ``pvapy-ad-sim-server`` per trial feeds the pipeline under test:
+
+* ``pvapy``: 2 x ``pvapy-hpc-consumer`` (``-nc 2 --distributor-updates 1``, the default
+  ``UserDataProcessor`` republishing each frame on ``<tag>:p:<id>:output``) ->
+  ``pvapy-hpc-collector -pid 1,2`` (reorders, publishes ``<tag>:c:1:output``) -> a PVA
+  subscriber that counts frames and times them;
+* ``pvaflow``: ``pvaflow bridge`` -> Kafka -> ``pvaflow consumer --n-consumers 2 --processor
+  passthrough`` -> ``pvaflow collector --output-topic`` (the ordered topic is read after the
+  trial for latency);
+* ``bare``: a bare confluent-kafka producer (paced, the same frame bytes) -> 2 bare
+  consume->produce processes -> a bare consumer: the Kafka ceiling on this machine.
+
+A rate passes when every published frame comes out of the collector (each component's own final
+counts). Each ladder starts at its middle rung and goes up while trials pass, down while they
+fail (a failure is retried once: the machine is shared). Latency (source timestamp -> out of
+the collector) is measured in a separate trial at half the highest zero-loss rate. CPU per
+process is read from /proc over the publishing
+window (a process's children included), and the load average is recorded for each trial.
+
+    .venv/bin/python -m benchmarks.pipeline            # ~20 min on a loaded 2-core box
+    .venv/bin/python -m benchmarks.pipeline --quick    # smoke run, 2-3 min
+    .venv/bin/python -m benchmarks.pipeline --render   # rewrite the doc from the JSON
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from benchmarks.bridge import _default_sigint, _pid_listening, free_tcp_port, pva_env
+from benchmarks.report import (
+    IMG,
+    RESULTS,
+    load_average,
+    percentile,
+    process_tree_cpu,
+    table,
+    write_section,
+)
+
+VENV_BIN = Path(sys.executable).parent
+PY = sys.executable
+PARTITIONS = 2
+UDP = "pvapy.hpc.userDataProcessor.UserDataProcessor"
+
+# source: "gen" = the sim server's random frames, "h5c" = the realistic HDF5 file's bslz4
+# chunks sent as they are (-hcm), "h5" = the same file decompressed by the sim server
+CONFIGS: dict[str, dict[str, Any]] = {
+    "128x128 uint8": {"source": "gen", "nx": 128, "ny": 128, "dt": "uint8", "sqs": 1000,
+                      "rates": [250, 500, 1000, 2000, 4000]},
+    "1024x1024 uint16 random": {"source": "gen", "nx": 1024, "ny": 1024, "dt": "uint16",
+                                "sqs": 200, "rates": [10, 25, 50, 100]},
+    "1024x1024 uint16 realistic bslz4": {"source": "h5c", "nx": 1024, "ny": 1024,
+                                         "dt": "uint16", "sqs": 200,
+                                         "rates": [25, 50, 100, 200]},
+}
+# pvaflow only: the bridge compresses uncompressed sources (--codec bslz4) against raw
+CODEC_ROWS: dict[str, dict[str, Any]] = {
+    "1024x1024 uint16 random": {**CONFIGS["1024x1024 uint16 random"], "rates": [10, 25, 50]},
+    "1024x1024 uint16 realistic (raw at the source)": {
+        "source": "h5", "nx": 1024, "ny": 1024, "dt": "uint16", "sqs": 200,
+        "rates": [10, 25, 50]},
+}
+PIPELINES = ("pvapy", "pvaflow", "bare")
+
+
+def spawn(cmd: list[str], log: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    with open(log, "wb") as out:
+        # SIGINT ends every tool with its final report; a parent started in the background
+        # (SIGINT ignored) would pass that on and the report would never come
+        return subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True, preexec_fn=_default_sigint)
+
+
+def stop(proc: subprocess.Popen[bytes], timeout: float = 60) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+def wait_until(cond: Callable[[], bool], timeout: float, poll: float = 0.5) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return True
+        time.sleep(poll)
+    return cond()
+
+
+def last_int(pattern: str, text: str, default: int = -1) -> int:
+    found = re.findall(pattern, text)
+    return int(found[-1]) if found else default
+
+
+class Trial:
+    """One pipeline, one source, one rate."""
+
+    def __init__(self, pipeline: str, cfg: dict[str, Any], rate: float, seconds: float,
+                 bootstrap: str, broker_pid: int | None, workdir: Path, h5: Path,
+                 bridge_args: Sequence[str] = (), latency: bool = False) -> None:
+        self.pipeline, self.cfg, self.rate, self.seconds = pipeline, cfg, rate, seconds
+        self.bootstrap, self.broker_pid, self.workdir, self.h5 = (bootstrap, broker_pid,
+                                                                  workdir, h5)
+        self.bridge_args, self.latency = list(bridge_args), latency
+        self.tag = uuid.uuid4().hex[:6]
+        # sim start delay: PvaPy's consumers connect in it; pvaflow and bare wait for their
+        # groups' readiness before the sim starts, and then the bridge connects in it
+        self.delay = 8.0 if pipeline == "pvapy" else 6.0
+
+    def log(self, name: str) -> Path:
+        return self.workdir / f"{self.pipeline}-{self.tag}-{name}.log"
+
+    def sim_cmd(self, channel: str) -> list[str]:
+        c = self.cfg
+        cmd = [str(VENV_BIN / "pvapy-ad-sim-server"), "-cn", channel, "-fps", str(self.rate),
+               "-rt", str(self.seconds), "-std", str(self.delay), "-shd", "0", "-rp", "0",
+               "-dc"]
+        if c["source"] == "gen":
+            return [*cmd, "-nx", str(c["nx"]), "-ny", str(c["ny"]), "-dt", c["dt"], "-nf", "20"]
+        cmd += ["-if", str(self.h5), "-hds", "/entry/data/data", "-nf", "0"]
+        return [*cmd, "-hcm"] if c["source"] == "h5c" else cmd
+
+    def run(self) -> dict[str, Any]:
+        load0 = load_average()
+        procs: dict[str, subprocess.Popen[bytes]] = {}
+        try:
+            res = getattr(self, f"_run_{self.pipeline}")(procs)
+        finally:
+            for p in procs.values():
+                if p.poll() is None:
+                    os.killpg(p.pid, signal.SIGKILL)
+                    p.wait()
+        res.update(pipeline=self.pipeline, rate=self.rate, load=[load0, load_average()],
+                   bridge_args=self.bridge_args)
+        res["ok"] = bool(res["published"] > 0 and res["out"] >= res["published"]
+                         and not res.get("lost"))
+        return res
+
+    def _measure(self, procs: dict[str, subprocess.Popen[bytes]]) -> dict[str, float]:
+        """CPU (% of one core) per process tree over the publishing window; blocks until then."""
+        pids = {k: p.pid for k, p in procs.items() if k != "sim"}
+        pids["sim"] = procs["sim"].pid
+        if self.broker_pid:
+            pids["broker"] = self.broker_pid
+        time.sleep(self.delay + 0.5)
+        cpu0 = {k: process_tree_cpu(p) for k, p in pids.items()}
+        t0 = time.monotonic()
+        time.sleep(max(self.seconds - 1.0, 0.5))
+        wall = time.monotonic() - t0
+        return {k: round((process_tree_cpu(p) - cpu0[k]) / wall * 100, 1)
+                for k, p in pids.items()}
+
+    def _published(self) -> int:
+        return last_int(r"Published frames:\s+(\d+)", self.log("sim").read_text(), 0)
+
+    # -- PvaPy ---------------------------------------------------------------------------
+
+    def _run_pvapy(self, procs: dict[str, subprocess.Popen[bytes]]) -> dict[str, Any]:
+        env = pva_env()
+        channel = f"b{self.tag}:image"
+        sqs = str(self.cfg["sqs"])
+        procs["sink"] = spawn([PY, "-m", "benchmarks.pipeline", "--role", "pva-sink",
+                               "--channel", f"b{self.tag}:c:1:output"], self.log("sink"), env)
+        procs["collector"] = spawn(
+            [str(VENV_BIN / "pvapy-hpc-collector"), "-id", "1", "-pid", "1,2", "-ic",
+             f"b{self.tag}:p:*:output", "-oc", f"b{self.tag}:c:*:output", "-pc", UDP,
+             "-sqs", sqs, "-rp", "1000", "-dc"], self.log("collector"), env)
+        procs["consumers"] = spawn(
+            [str(VENV_BIN / "pvapy-hpc-consumer"), "-ic", channel, "-oc",
+             f"b{self.tag}:p:*:output", "-pc", UDP, "-nc", "2", "-du", "1", "-sqs", sqs,
+             "-rp", "1000", "-dc"], self.log("consumers"), env)
+        port = str(free_tcp_port())
+        procs["sim"] = spawn(self.sim_cmd(channel), self.log("sim"),
+                             {**env, "EPICS_PVAS_SERVER_PORT": port,
+                              "EPICS_PVA_SERVER_PORT": port})
+        cpu = self._measure(procs)
+        procs["sim"].wait(self.seconds + 120)
+        published = self._published()
+        sink_count = _count_path(self.tag)
+        # the sink samples the output for latency (its monitor may skip frames): wait
+        # until it stops moving
+        seen: list[int] = []
+
+        def settled() -> bool:
+            seen.append(_read_int(sink_count))
+            return len(seen) > 4 and seen[-1] == seen[-5]
+        wait_until(settled, 30)
+        for name in ("consumers", "collector", "sink"):
+            stop(procs[name])
+        con = self.log("consumers").read_text(errors="replace")
+        col = self.log("collector").read_text(errors="replace")
+        sink = _json_line(self.log("sink").read_text(errors="replace"))
+        # PvaPy's final statistics: one dict per consumer, then the combined one (last)
+        processed = last_int(r"'nProcessed': (\d+)", con, 0)
+        missed = last_int(r"'nMissed': (\d+)", con, 0)
+        overruns = last_int(r"'nOverruns': (\d+)", con, 0)
+        col = col[col.rfind("'collectorId'"):]
+        # what the collector processed and published on its output (its first object is
+        # the source's initial value, uniqueId 0)
+        out = last_int(r"'nProcessed': (\d+)", col, 0)
+        col_missed = sum(int(x) for x in re.findall(r"'n(?:Missed|Overruns)': (\d+)", col))
+        return {"published": published, "out": out, "cpu": cpu,
+                "lost": missed + overruns + max(col_missed, 0),
+                "counts": {"consumers_processed": processed, "consumers_missed": missed,
+                           "consumers_overruns": overruns, "collector_processed": out,
+                           "collector_missed": col_missed, "sink": sink.get("count", 0)},
+                "latency_ms": sink.get("latency_ms")}
+
+    # -- pvaflow -------------------------------------------------------------------------
+
+    def _run_pvaflow(self, procs: dict[str, subprocess.Popen[bytes]]) -> dict[str, Any]:
+        env = pva_env()
+        channel = f"f{self.tag}:image"
+        frames, done, ordered = (f"bench-{self.tag}-{x}" for x in ("frames", "done", "ordered"))
+        common = ["-b", self.bootstrap, "-rp", "1", "-ll", "warning"]
+        pvaflow = [PY, "-m", "pvaflow.cli"]
+        from pvaflow.kafka.topics import ensure_topic
+
+        for t in (frames, done):
+            ensure_topic(t, PARTITIONS, bootstrap=self.bootstrap)
+        ports = [free_tcp_port(), free_tcp_port()]
+        procs["collector"] = spawn(
+            [*pvaflow, "collector", "-it", done, "-ot", ordered, "-g", f"col-{self.tag}",
+             "--status-topic", "", "--metrics-port", str(ports[0]), *common],
+            self.log("collector"), env)
+        procs["consumers"] = spawn(
+            [*pvaflow, "consumer", "-it", frames, "-ot", done, "-g", f"con-{self.tag}",
+             "--n-consumers", "2", "--processor", "passthrough", "--status-topic", "",
+             "--metrics-port", str(ports[1]), *common], self.log("consumers"), env)
+        procs["bridge"] = spawn(
+            [*pvaflow, "bridge", "-ic", channel, "-t", frames, "--partitions", str(PARTITIONS),
+             "-sqs", str(self.cfg["sqs"]), "--status-topic", "", *self.bridge_args, *common],
+            self.log("bridge"), env)
+        # publishing starts once the collector and both consumers hold their partitions
+        wait_until(lambda: all(_ready(p) for p in (ports[0], ports[1], ports[1] + 1)), 120)
+        port = str(free_tcp_port())
+        procs["sim"] = spawn(self.sim_cmd(channel), self.log("sim"),
+                             {**env, "EPICS_PVAS_SERVER_PORT": port,
+                              "EPICS_PVA_SERVER_PORT": port})
+        cpu = self._measure(procs)
+        procs["sim"].wait(self.seconds + 120)
+        published = self._published()
+        time.sleep(2.0)
+        stop(procs["bridge"], 120)
+        from pvaflow.bridge.stats import parse_final
+
+        try:
+            b = parse_final(self.log("bridge").read_text(errors="replace"))[0]
+        except ValueError:
+            b = {"received": 0, "missed": 0, "overruns": 0, "dropped": 0, "delivery_errors": 0}
+
+        def emitted() -> int:
+            return last_int(r"emitted (\d+)", self.log("collector").read_text(errors="replace"),
+                            0)
+        # drain: the collector has emitted all the bridge received, or stopped moving
+        marks: list[int] = []
+
+        def drained() -> bool:
+            marks.append(emitted())
+            return marks[-1] >= b["received"] or (len(marks) > 20 and marks[-1] == marks[-21])
+        wait_until(drained, 90, 0.5)
+        stop(procs["consumers"])
+        stop(procs["collector"])
+        col_text = self.log("collector").read_text(errors="replace")
+        m = re.search(r"final stats: (\{.*\})", col_text)
+        col = json.loads(m.group(1)) if m else {"emitted": 0, "missed": 0}
+        lost = (b["missed"] + b["overruns"] + b["dropped"] + b["delivery_errors"]
+                + col.get("missed", 0))
+        res: dict[str, Any] = {
+            "published": published, "out": col.get("emitted", 0), "lost": lost, "cpu": cpu,
+            "counts": {"bridge": {k: b.get(k) for k in ("received", "missed", "overruns",
+                                                         "dropped", "delivery_errors")},
+                       "collector": {k: col.get(k) for k in ("received", "emitted", "missed",
+                                                              "late", "duplicates")}}}
+        if self.latency:
+            res["latency_ms"] = ordered_latency(self.bootstrap, ordered, col.get("emitted", 0))
+        return res
+
+    # -- bare Kafka ----------------------------------------------------------------------
+
+    def _run_bare(self, procs: dict[str, subprocess.Popen[bytes]]) -> dict[str, Any]:
+        from pvaflow.kafka.topics import ensure_topic
+
+        src, mid = f"bare-{self.tag}-in", f"bare-{self.tag}-out"
+        for t in (src, mid):
+            ensure_topic(t, PARTITIONS, bootstrap=self.bootstrap)
+        role = [PY, "-m", "benchmarks.pipeline", "-b", self.bootstrap, "--role"]
+        procs["sink"] = spawn([*role, "bare-sink", "--topic", mid, "--tag", self.tag],
+                              self.log("sink"))
+        procs["relays"] = spawn([*role, "bare-relays", "--topic", src, "--out", mid,
+                                 "--tag", self.tag], self.log("relays"))
+        # publishing starts once both relays and the sink hold partitions
+        wait_until(lambda: self.log("relays").read_text().count("assigned") >= 2
+                   and "assigned" in self.log("sink").read_text(), 120)
+        n = round(self.rate * self.seconds)
+        procs["sim"] = spawn([*role, "bare-produce", "--topic", src, "--rate", str(self.rate),
+                              "--frames", str(n), "--delay", str(self.delay), "--source",
+                              self.cfg["source"], "--h5", str(self.h5), "--shape",
+                              f"{self.cfg['ny']}x{self.cfg['nx']}x{self.cfg['dt']}"],
+                             self.log("sim"))
+        cpu = self._measure(procs)
+        cpu["producer"] = cpu.pop("sim")
+        procs["sim"].wait(self.seconds + 120)
+        prod = _json_line(self.log("sim").read_text(errors="replace"))
+        sink_count = _count_path(self.tag)
+        wait_until(lambda: _read_int(sink_count) >= prod.get("produced", 0), 60)
+        stop(procs["relays"])
+        stop(procs["sink"])
+        sink = _json_line(self.log("sink").read_text(errors="replace"))
+        behind = prod.get("behind_s", 99.0)
+        return {"published": prod.get("produced", 0), "out": sink.get("count", 0), "cpu": cpu,
+                "lost": int(behind > 1.0), "counts": {"producer": prod, "sink": sink.get(
+                    "count", 0)}, "latency_ms": sink.get("latency_ms")}
+
+
+def _ready(port: int) -> bool:
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as r:
+            return bool(r.status == 200)
+    except OSError:
+        return False
+
+
+def _read_int(path: Path) -> int:
+    try:
+        return int(path.read_text() or 0)
+    except (OSError, ValueError):
+        return 0
+
+
+def _json_line(text: str) -> dict[str, Any]:
+    for line in reversed(text.splitlines()):
+        if line.startswith("{") and line.endswith("}"):
+            try:
+                result: dict[str, Any] = json.loads(line)
+                return result
+            except ValueError:
+                continue
+    return {}
+
+
+STEADY_AFTER_MS = 6000.0  # the collector's default --max-delay (5 s) and a second
+
+
+def summary(pairs: Sequence[tuple[float, float]]) -> dict[str, float] | None:
+    """Percentiles of (source ms, latency ms) pairs: all of them, and the steady state: frames
+    sourced more than STEADY_AFTER_MS after the first one (a pvaflow collector without saved
+    state holds the first frames until its cache fills or --max-delay passes)."""
+    if not pairs:
+        return None
+    lat = [x for _, x in pairs]
+    first = min(t for t, _ in pairs)
+    steady = [x for t, x in pairs if t - first > STEADY_AFTER_MS]
+    out = {"p50": round(percentile(lat, 50), 2), "p99": round(percentile(lat, 99), 2),
+           "n": len(lat)}
+    if steady:
+        out.update(p50_steady=round(percentile(steady, 50), 2),
+                   p99_steady=round(percentile(steady, 99), 2), n_steady=len(steady))
+    return out
+
+
+def ordered_latency(bootstrap: str, topic: str, n: int) -> dict[str, float] | None:
+    """Source (EPICS) timestamp -> the record's Kafka timestamp in the collector's ordered
+    topic (set when the collector produced it), for every frame there."""
+    from confluent_kafka import Consumer
+
+    from pvaflow.kafka.settings import consumer_config
+
+    c = Consumer(consumer_config(f"lat-{uuid.uuid4().hex[:6]}", bootstrap))
+    c.subscribe([topic])
+    lat: list[tuple[float, float]] = []
+    deadline = time.monotonic() + 60
+    while len(lat) < n and time.monotonic() < deadline:
+        for m in c.consume(200, 1.0):
+            if m.error() is not None:
+                continue
+            ts = dict(m.headers() or []).get("pf.ts")
+            if ts is None:
+                continue
+            sec, ns, _ = (ts if isinstance(ts, bytes) else ts.encode()).split(b".")
+            src = int(sec) * 1e3 + int(ns) / 1e6
+            lat.append((src, m.timestamp()[1] - src))
+    c.close()
+    return summary(lat)
+
+
+# -- child roles ---------------------------------------------------------------------------
+
+def _stopper() -> list[bool]:
+    flag = [False]
+
+    def handler(*_: Any) -> None:
+        flag[0] = True
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
+    return flag
+
+
+def role_pva_sink(channel: str, count_file: Path) -> None:
+    import pvaccess as pva
+
+    stopped = _stopper()
+    lat: list[tuple[float, float]] = []
+
+    def on(pv: Any) -> None:
+        ts = pv["timeStamp"]
+        if not ts["secondsPastEpoch"]:  # the source's initial value (uniqueId 0)
+            return
+        src = ts["secondsPastEpoch"] * 1e3 + ts["nanoseconds"] / 1e6
+        lat.append((src, time.time() * 1e3 - src))
+    ch = pva.Channel(channel)
+    ch.subscribe("s", on)
+    ch.startMonitor()
+    while not stopped[0]:
+        time.sleep(0.2)
+        count_file.write_text(str(len(lat)))
+    ch.stopMonitor()
+    print(json.dumps({"count": len(lat), "latency_ms": summary(lat)}), flush=True)
+
+
+def _frame_payloads(source: str, h5: str, shape: str) -> list[bytes]:
+    ny, nx, dt = shape.split("x")
+    if source == "gen":
+        rng = np.random.default_rng(0)
+        info = np.iinfo(np.dtype(dt))
+        return [rng.integers(0, info.max, (int(ny), int(nx)), dtype=dt).tobytes()
+                for _ in range(20)]
+    import h5py
+
+    with h5py.File(h5, "r") as f:
+        d = f["/entry/data/data"]
+        if source == "h5c":
+            return [bytes(d.id.read_direct_chunk((i, 0, 0))[1]) for i in range(d.shape[0])]
+        return [d[i].tobytes() for i in range(d.shape[0])]
+
+
+def role_bare_produce(bootstrap: str, topic: str, rate: float, n: int, delay: float,
+                      source: str, h5: str, shape: str) -> None:
+    from confluent_kafka import Producer
+
+    from pvaflow.kafka.settings import producer_config
+
+    payloads = _frame_payloads(source, h5, shape)
+    p = Producer(producer_config(bootstrap))
+    time.sleep(delay)
+    t0 = time.monotonic()
+    behind = 0.0
+    for i in range(n):
+        due = t0 + i / rate
+        now = time.monotonic()
+        if due > now:
+            time.sleep(due - now)
+        else:
+            behind = max(behind, now - due)
+        while True:
+            try:
+                p.produce(topic, payloads[i % len(payloads)], key=(i + 1).to_bytes(8, "big"),
+                          partition=i % PARTITIONS)
+                break
+            except BufferError:
+                p.poll(0.005)
+        p.poll(0)
+    p.flush(120)
+    print(json.dumps({"produced": n, "behind_s": round(behind, 3),
+                      "seconds": round(time.monotonic() - t0, 3)}), flush=True)
+
+
+def _assigned(_c: Any, parts: Sequence[Any]) -> None:
+    if parts:
+        print(f"assigned {len(parts)}", flush=True)
+
+
+def _relay(bootstrap: str, topic: str, out: str, tag: str) -> None:
+    from confluent_kafka import Consumer, Producer
+
+    from pvaflow.kafka.settings import consumer_config, producer_config
+
+    stopped = _stopper()
+    c = Consumer(consumer_config(f"bare-relay-{tag}", bootstrap))
+    p = Producer(producer_config(bootstrap))
+    c.subscribe([topic], on_assign=_assigned)
+    while not stopped[0]:
+        for m in c.consume(32, 0.2):
+            if m.error() is not None:
+                continue
+            while True:
+                try:
+                    p.produce(out, m.value(), key=m.key(), timestamp=m.timestamp()[1])
+                    break
+                except BufferError:
+                    p.poll(0.005)
+            p.poll(0)
+    p.flush(60)
+    c.close()
+
+
+def role_bare_relays(bootstrap: str, topic: str, out: str, tag: str) -> None:
+    kids = [subprocess.Popen([PY, "-m", "benchmarks.pipeline", "-b", bootstrap, "--role",
+                              "bare-relay", "--topic", topic, "--out", out, "--tag", tag])
+            for _ in range(2)]
+    stopped = _stopper()
+    while not stopped[0] and all(k.poll() is None for k in kids):
+        time.sleep(0.2)
+    for k in kids:
+        k.send_signal(signal.SIGINT)
+        k.wait(60)
+
+
+def role_bare_sink(bootstrap: str, topic: str, tag: str, count_file: Path) -> None:
+    from confluent_kafka import Consumer
+
+    from pvaflow.kafka.settings import consumer_config
+
+    stopped = _stopper()
+    c = Consumer(consumer_config(f"bare-sink-{tag}", bootstrap))
+    c.subscribe([topic], on_assign=_assigned)
+    lat: list[tuple[float, float]] = []
+    while not stopped[0]:
+        for m in c.consume(200, 0.2):
+            if m.error() is None:
+                lat.append((m.timestamp()[1], time.time() * 1e3 - m.timestamp()[1]))
+        count_file.write_text(str(len(lat)))
+    c.close()
+    print(json.dumps({"count": len(lat), "latency_ms": summary(lat)}), flush=True)
+
+
+# -- the run -------------------------------------------------------------------------------
+
+def ladder(make: Callable[[float], Trial], rates: Sequence[float], label: str
+           ) -> list[dict[str, Any]]:
+    """Middle out: start at the middle rung, go up while it passes, down while it fails."""
+    results: list[dict[str, Any]] = []
+    rates = sorted(rates)
+    i = len(rates) // 2
+    step = 0
+    while 0 <= i < len(rates):
+        rate = rates[i]
+        r = make(rate).run()
+        if not r["ok"]:  # one retry: the machine is shared and noisy
+            print(f"    retry {label} {rate:g} fps: {r['out']}/{r['published']} out", flush=True)
+            r = make(rate).run()
+        print(f"  {label:26s} {rate:6g} fps: {'ok  ' if r['ok'] else 'LOSS'} out "
+              f"{r['out']}/{r['published']} lost {r.get('lost')} cpu {r['cpu']} load "
+              f"{r['load'][1]:.1f}", flush=True)
+        results.append(r)
+        step = step or (1 if r["ok"] else -1)
+        if r["ok"] != (step == 1):  # passed going down, or failed going up: found the edge
+            break
+        i += step
+    return sorted(results, key=lambda r: r["rate"])
+
+
+def best(runs: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
+    ok = [r for r in runs if r["ok"]]
+    return max(ok, key=lambda r: r["rate"]) if ok else None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--seconds", type=float, default=None,
+                    help="publishing time per trial (default 8, --quick 3)")
+    ap.add_argument("--quick", action="store_true",
+                    help="the lowest rate of each ladder only, latency from that trial")
+    ap.add_argument("--render", action="store_true", help="only rewrite doc and plots")
+    ap.add_argument("--only", action="append", choices=PIPELINES, help="pipelines to run")
+    ap.add_argument("--role", help=argparse.SUPPRESS)
+    ap.add_argument("-b", dest="bootstrap", help=argparse.SUPPRESS)
+    for hidden in ("--channel", "--topic", "--out", "--tag", "--source", "--h5", "--shape"):
+        ap.add_argument(hidden, help=argparse.SUPPRESS)
+    for hidden in ("--rate", "--delay"):
+        ap.add_argument(hidden, type=float, help=argparse.SUPPRESS)
+    ap.add_argument("--frames", type=int, help=argparse.SUPPRESS)
+    a = ap.parse_args(argv)
+    if a.role:
+        return child(a)
+    if a.render:
+        render(json.loads((RESULTS / "pipeline.json").read_text()))
+        return 0
+    # stopped by a signal, the run still ends every process it started (finally blocks)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    seconds = a.seconds or (3.0 if a.quick else 8.0)
+    pipelines = a.only or list(PIPELINES)
+    data: dict[str, Any] = {"seconds": seconds, "quick": a.quick, "partitions": PARTITIONS,
+                            "configs": {}, "codec": {}}
+    t_start = time.monotonic()
+    with ExitStack() as stack:
+        from pvaflow.ops.broker import external_or_local
+        from pvaflow.ops.synthetic import write_hdf5
+
+        bootstrap, broker = stack.enter_context(external_or_local())
+        broker_pid = broker.pid if broker is not None else _pid_listening(
+            int(bootstrap.rsplit(":", 1)[1]))
+        workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-pipe-")))
+        h5 = workdir / "realistic.h5"
+        write_hdf5(h5, n=20)
+        data["realistic_frame_bytes"] = statistics.median(
+            len(x) for x in _frame_payloads("h5c", str(h5), "1024x1024xuint16"))
+
+        def trial(pipe: str, cfg: dict[str, Any], bridge_args: Sequence[str] = (),
+                  latency: bool = False) -> Callable[[float], Trial]:
+            return lambda rate: Trial(pipe, cfg, rate, seconds, bootstrap, broker_pid, workdir,
+                                      h5, bridge_args, latency)
+
+        for name, cfg in CONFIGS.items():
+            rates = cfg["rates"][:1] if a.quick else cfg["rates"]
+            print(f"{name}:", flush=True)
+            entry: dict[str, Any] = {"frame_bytes": cfg["nx"] * cfg["ny"] * np.dtype(
+                cfg["dt"]).itemsize, "runs": {}, "latency": {}}
+            for pipe in pipelines:
+                runs = ladder(trial(pipe, cfg, latency=a.quick), rates, pipe)
+                entry["runs"][pipe] = runs
+                top = best(runs)
+                if top is None:
+                    continue
+                if a.quick:
+                    entry["latency"][pipe] = {"rate": top["rate"], **(top.get("latency_ms")
+                                                                       or {})}
+                else:
+                    half = top["rate"] / 2
+                    t = trial(pipe, cfg, latency=True)(half)
+                    t.seconds = max(seconds, 15.0)  # steady state after the start-up hold
+                    r = t.run()
+                    entry["latency"][pipe] = {"rate": half, "ok": r["ok"], "load": r["load"],
+                                              **(r.get("latency_ms") or {})}
+                    print(f"  {pipe:26s} latency at {half:g} fps: {r.get('latency_ms')}",
+                          flush=True)
+            data["configs"][name] = entry
+        if "pvaflow" in pipelines:
+            for name, cfg in CODEC_ROWS.items():
+                rates = cfg["rates"][:1] if a.quick else cfg["rates"]
+                print(f"{name} (pvaflow, raw vs bridge --codec bslz4):", flush=True)
+                raw = (data["configs"].get(name, {}).get("runs", {}).get("pvaflow")
+                       or ladder(trial("pvaflow", cfg), rates, "pvaflow raw"))
+                comp = ladder(trial("pvaflow", cfg, ["--codec", "bslz4"]), rates,
+                              "pvaflow --codec bslz4")
+                data["codec"][name] = {"raw": raw, "bslz4": comp}
+    data["wall_seconds"] = round(time.monotonic() - t_start)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "pipeline.json").write_text(json.dumps(data, indent=2, default=str))
+    render(data)
+    return 0
+
+
+def child(a: argparse.Namespace) -> int:
+    if a.role == "pva-sink":
+        tag = a.channel[1:7]
+        role_pva_sink(a.channel, _count_path(tag))
+    elif a.role == "bare-produce":
+        role_bare_produce(a.bootstrap, a.topic, a.rate, a.frames, a.delay, a.source, a.h5,
+                          a.shape)
+    elif a.role == "bare-relays":
+        role_bare_relays(a.bootstrap, a.topic, a.out, a.tag)
+    elif a.role == "bare-relay":
+        _relay(a.bootstrap, a.topic, a.out, a.tag)
+    elif a.role == "bare-sink":
+        role_bare_sink(a.bootstrap, a.topic, a.tag, _count_path(a.tag))
+    else:
+        raise SystemExit(f"unknown role {a.role}")
+    return 0
+
+
+def _count_path(tag: str) -> Path:
+    return COUNT_DIR / f"sink-{tag}.count"
+
+
+COUNT_DIR = Path(tempfile.gettempdir())
+
+
+# -- the report ----------------------------------------------------------------------------
+
+NAMES = {"pvapy": "PvaPy (2 x hpc-consumer + hpc-collector)",
+         "pvaflow": "pvaflow (bridge + 2 consumers + collector)",
+         "bare": "bare Kafka (producer + 2 relays + consumer)"}
+
+
+def _rate(runs: Sequence[dict[str, Any]] | None, seconds: float) -> str:
+    """The highest passing requested rate; in brackets what the sim server published (it
+    falls short of high requested rates on this machine), and whether the ladder ended there."""
+    if not runs:
+        return "not run"
+    top = best(runs)
+    tried = max(r["rate"] for r in runs)
+    if top is None:
+        return f"< {min(r['rate'] for r in runs):g}"
+    text = f"{top['rate']:g} ({top['published'] / seconds:,.0f} published)"
+    return text + (", highest tried" if top["rate"] == tried and all(
+        r["ok"] for r in runs) else "")
+
+
+def _cpu_row(name: str, pipe: str, r: dict[str, Any], seconds: float) -> list[Any]:
+    cpu = {k: v for k, v in r["cpu"].items() if k != "broker"}
+    total = sum(cpu.values())
+    fps = r["published"] / seconds if r["published"] else r["rate"]
+    per_frame = total / 100 / fps * 1e3 if fps else 0.0
+    parts = ", ".join(f"{k} {v:.0f}" for k, v in cpu.items())
+    return [name, pipe, f"{r['rate']:g}", parts, f"{r['cpu'].get('broker', 0):.0f}",
+            f"{per_frame:.2f}", f"{r['load'][0]:.1f} / {r['load'][1]:.1f}"]
+
+
+def _loss_detail(pipe: str, c: dict[str, Any]) -> dict[str, Any]:
+    if pipe == "pvaflow":
+        b, col = c.get("bridge", {}), c.get("collector", {})
+        return {"bridge queue rejected / missed": b.get("missed"),
+                "bridge overruns": b.get("overruns"), "bridge dropped": b.get("dropped"),
+                "collector missed": col.get("missed")}
+    if pipe == "pvapy":
+        return {"consumers missed": c.get("consumers_missed"),
+                "consumers overruns": c.get("consumers_overruns"),
+                "collector missed+overruns": c.get("collector_missed")}
+    prod = c.get("producer", {})
+    return {"producer behind schedule (s)": prod.get("behind_s") if prod.get(
+        "behind_s", 0) > 1 else 0}
+
+
+def render(data: dict[str, Any]) -> None:
+    rows_rate, rows_cpu, rows_lat, rows_codec = [], [], [], []
+    for name, e in data["configs"].items():
+        runs = e["runs"]
+        rows_rate.append([name, *(_rate(runs.get(p), data["seconds"]) for p in PIPELINES)])
+        for p in PIPELINES:
+            top = best(runs.get(p) or [])
+            if top:
+                rows_cpu.append(_cpu_row(name, p, top, data["seconds"]))
+            lat = e["latency"].get(p)
+            if lat and "p50" in lat:
+                steady = (f"{lat['p50_steady']:.0f}", f"{lat['p99_steady']:.0f}",
+                          lat["n_steady"]) if "p50_steady" in lat else ("n/a",) * 3
+                rows_lat.append([name, p, f"{lat['rate']:g}", *steady, f"{lat['p50']:.0f}",
+                                 f"{lat['p99']:.0f}", lat.get("n", "")])
+    rows_loss = []
+    for name, e in [*data["configs"].items(), *(
+            (f"{n} (--codec bslz4)", {"runs": {"pvaflow": c["bslz4"]}})
+            for n, c in data.get("codec", {}).items())]:
+        for p, runs in e["runs"].items():
+            for r in runs:
+                if r["ok"]:
+                    continue
+                c = r.get("counts", {})
+                where = ", ".join(f"{k} {v}" for k, v in _loss_detail(p, c).items() if v)
+                rows_loss.append([name, p, f"{r['rate']:g}", f"{r['out']}/{r['published']}",
+                                  where or "frames not out by the end of the drain",
+                                  f"{r['load'][0]:.1f} / {r['load'][1]:.1f}"])
+    loads = [x for e in data["configs"].values() for runs in e["runs"].values()
+             for r in runs for x in r["load"]]
+    for name, c in data.get("codec", {}).items():
+        rows_codec.append([name, _rate(c["raw"], data["seconds"]),
+                           _rate(c["bslz4"], data["seconds"])])
+    quick = ("**This is a `--quick` smoke run** (the lowest rung of each ladder only, short "
+             "trials, latency taken from that trial): the rates are lower bounds, not limits. "
+             if data.get("quick") else "")
+    md = f"""## End to end
+
+`benchmarks/pipeline.py` runs three pipelines of the same shape, one after the other, each fed by
+its own `pvapy-ad-sim-server` on this machine:
+
+* **PvaPy**: `pvapy-hpc-consumer -nc 2 --distributor-updates 1` (the default
+  `UserDataProcessor`, which republishes each frame on `<tag>:p:<id>:output`) ->
+  `pvapy-hpc-collector -pid 1,2 -ic '<tag>:p:*:output' -oc '<tag>:c:*:output'` -> a PVA
+  subscriber on the collector's output (for latency);
+* **pvaflow**: `pvaflow bridge --partitions {data['partitions']}` -> Kafka ->
+  `pvaflow consumer --n-consumers 2 --processor passthrough` -> `pvaflow collector
+  --output-topic` (ordered topic);
+* **bare Kafka**: a bare confluent-kafka producer paced at the same rate with the same frame
+  bytes -> 2 bare consume->produce processes -> a bare consumer: the ceiling Kafka itself sets
+  on this machine, with the same client settings (`pvaflow.kafka.settings`).
+
+Sources: 128x128 uint8 and 1024x1024 uint16 random frames generated by the sim server, and
+1024x1024 uint16 realistic diffraction frames (`pvaflow.ops.synthetic.write_hdf5`, bslz4
+chunks of median {data.get('realistic_frame_bytes', 0) / 1024:.0f} KiB against 2048 KiB raw)
+served compressed at the source (`-if file.h5 -hds /entry/data/data -hcm`). Server queue 1000
+for small frames, 200 for large; everything else at each tool's defaults. Each trial publishes
+for {data['seconds']:g} s. A rate passes when every published frame comes out of the collector,
+by each component's own final counts (PvaPy's final statistics: consumers' and collector's
+`nMissed`/`nOverruns` and the collector's `nProcessed`; pvaflow's bridge final stats and the
+collector's `final stats:` line; the bare producer's count, on schedule, against the bare
+consumer's). Each ladder starts at its middle rung and goes up while trials pass, down while
+they fail (a failure is retried once).
+
+{quick}Command: `.venv/bin/python -m benchmarks.pipeline` (`--quick` for a 2-3 minute smoke run;
+`--render` rewrites this section from `benchmarks/results/pipeline.json`). Run time:
+{data.get('wall_seconds', 0) / 60:.0f} min.
+
+**The machine:** 2 cores shared with other work while this ran; the 1-minute load average is
+recorded before and after every trial (below and in the JSON) and ranged from
+{min(loads, default=0):.1f} to {max(loads, default=0):.1f} in this run (2.0 = both cores busy),
+so every number here is what is left of 2 shared cores for a sim server, a broker and the
+pipeline together. Read them as a comparison made under the same conditions, not as limits
+of the tools: see [capacity.md](capacity.md) for what they do and do not say about a cluster.
+
+Highest zero-loss rate (requested fps; in brackets the frames per second the source actually
+published in that trial):
+
+{table(["frames", *[NAMES[p] for p in PIPELINES]], rows_rate)}
+
+CPU at that rate (% of one core, per process tree, over the publishing window; the broker
+apart), pipeline CPU per published frame (ms, all the processes but the broker: sim server or
+bare producer included), and the load average
+before / after the trial:
+
+{table(["frames", "pipeline", "fps", "CPU % per process", "broker %", "ms CPU / frame",
+        "load"], rows_cpu)}
+
+Latency, source timestamp -> out of the collector, at half the zero-loss rate (ms): PvaPy:
+arrival in a PVA subscriber of the collector's output channel (the subscriber's monitor may
+skip frames under load: `n` is what it saw); pvaflow: the Kafka timestamp of the frame's
+record in the collector's ordered topic (set when the collector produced it) minus the frame's
+EPICS timestamp; bare: arrival in the bare consumer minus the producer's record timestamp.
+
+Steady state counts the frames sourced more than {STEADY_AFTER_MS / 1000:g} s after the first
+(a pvaflow collector that starts without saved state holds the first frames until its cache
+fills or `--max-delay`, 5 s by default, passes; "all" includes that start-up hold). Latency
+trials publish for {max(data['seconds'], 15.0) if not data.get('quick') else data['seconds']:g} s.
+
+{table(["frames", "pipeline", "fps", "p50 steady", "p99 steady", "n steady", "p50 all",
+        "p99 all", "n all"], rows_lat)}
+
+Where the failing trials lost their frames (each component's own counters):
+
+{table(["frames", "pipeline", "fps", "out / published", "lost at", "load"], rows_loss)}
+
+`pvaflow bridge --codec bslz4` on uncompressed sources (highest zero-loss fps, pvaflow only):
+
+{table(["source", "raw", "--codec bslz4"], rows_codec)}
+
+![zero-loss rate per pipeline](img/pipeline.png)
+![latency per pipeline](img/pipeline-latency.png)
+"""
+    write_section("pipeline", md)
+    _plot(data)
+
+
+def _plot(data: dict[str, Any]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(data["configs"])
+    x = np.arange(len(names))
+    fig, ax = plt.subplots(figsize=(8, 4))
+    for i, p in enumerate(PIPELINES):
+        vals = [(best(data["configs"][n]["runs"].get(p) or []) or {"rate": 0})["rate"]
+                for n in names]
+        ax.bar(x + (i - 1) * 0.27, vals, 0.27, label=p)
+    ax.set_xticks(x, [n.replace(" uint", "\nuint") for n in names])
+    ax.set_yscale("log")
+    ax.set_ylabel("highest zero-loss rate (fps)")
+    ax.set_title("End to end, 2 shared cores")
+    ax.legend()
+    fig.tight_layout()
+    IMG.mkdir(parents=True, exist_ok=True)
+    fig.savefig(IMG / "pipeline.png", dpi=90)
+    fig, ax = plt.subplots(figsize=(8, 4))
+    for i, p in enumerate(PIPELINES):
+        lats = [data["configs"][n]["latency"].get(p) or {} for n in names]
+        ax.bar(x + (i - 1) * 0.27, [lat.get("p50_steady", lat.get("p50", 0)) for lat in lats],
+               0.27, label=f"{p} p50")
+        ax.scatter(x + (i - 1) * 0.27, [lat.get("p99_steady", lat.get("p99", 0))
+                                        for lat in lats], marker="_", s=200, color="k")
+    ax.set_xticks(x, [n.replace(" uint", "\nuint") for n in names])
+    ax.set_ylabel("source -> collector (ms): p50 bars, p99 dashes")
+    ax.set_title("Latency at half the zero-loss rate (steady state where measured)")
+    ax.set_yscale("log")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(IMG / "pipeline-latency.png", dpi=90)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
