@@ -40,8 +40,11 @@ Record = tuple[bytes | None, bytes | None]
 MIN_ISR = "min.insync.replicas"
 
 # A topic just created, not yet known to this client or to the broker it asked.
+# A new partition on a cluster: unknown to the broker asked, or its leader not elected or
+# not yet known there (NOT_LEADER_FOR_PARTITION broke a bridge's start on 3 brokers).
 _NOT_YET = frozenset({KafkaError._UNKNOWN_PARTITION, KafkaError._UNKNOWN_TOPIC,
-                      KafkaError.UNKNOWN_TOPIC_OR_PART})
+                      KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError.NOT_LEADER_FOR_PARTITION,
+                      KafkaError.LEADER_NOT_AVAILABLE})
 
 
 @dataclass(frozen=True)
@@ -156,8 +159,8 @@ def watermarks(consumer: Consumer, topic: str, timeout: float = 10.0) -> tuple[i
     """(low, high) watermarks of partition 0. A topic another component has only just
     created can be unknown to this client's metadata for a moment (two consumers started
     together crashed on it), and on a cluster to the broker asked, until the controller's
-    metadata reaches it (a bridge crashed on it at start on 3 brokers), so those errors are
-    retried until ``timeout``."""
+    metadata reaches it and its leader is known (bridges crashed on both at start on 3
+    brokers), so those errors are retried until ``timeout``."""
     deadline = time.monotonic() + timeout
     while True:
         try:
