@@ -16,7 +16,6 @@ DOC = Path(__file__).resolve().parent.parent / "docs" / "migration.md"
 TABLES = {"## `pvapy-hpc-consumer` options": "consumer",
           "## `pvapy-hpc-collector` options": "collector"}
 NOUNS = ("bridge", "mirror", "consumer", "collector")
-# Options another branch adds right now: (command, option) -> branch.
 
 
 def option_strings(name: str) -> set[str]:
