@@ -380,15 +380,20 @@ class InputStream:
 
     def wait_assigned(self, timeout: float = 60.0) -> bool:
         """Wait until this reader has partitions (a group member that joins before the data
-        starts then misses nothing); False on timeout."""
+        starts then misses nothing); False on timeout.
+
+        Every call polls at least once, also when partitions are already assigned: a member
+        that stopped polling would hold up the rebalance that gives a later member its share.
+        """
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self._consumer.assignment():
-                return True
+        while True:
             msg = self._consumer.poll(0.2)
             if msg is not None:
                 self._early.append(msg)
-        return bool(self._consumer.assignment())
+            if self._consumer.assignment():
+                return True
+            if time.monotonic() >= deadline:
+                return False
 
     def recv(self, timeout: float = 10.0) -> Frame | None:
         """Next frame, post-filtered, or None when nothing arrives within ``timeout`` s."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -168,16 +169,12 @@ def test_readers_each_see_the_whole_stream_and_a_group_shares_it(
     members = [InputStream(topic, bootstrap=kafka_bootstrap, group=f"g-{topic}")
                for _ in range(2)]
     try:
+        # Both keep polling until each holds a partition: the first to join gets both and
+        # must take part in the rebalance that hands one to the other.
         ok = [False, False]
-
-        def join(i: int) -> None:
-            ok[i] = members[i].wait_assigned(90.0)
-
-        threads = [threading.Thread(target=join, args=(i,)) for i in range(2)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(120)
+        deadline = time.monotonic() + 120
+        while not all(ok) and time.monotonic() < deadline:
+            ok = [m.wait_assigned(0.5) for m in members]
         assert ok == [True, True]
         with OutputStream(topic, bootstrap=kafka_bootstrap, chunk_size=500, kind="signal",
                           partitions=2) as out:
