@@ -41,7 +41,7 @@ def _reason(exc: KafkaException) -> str:
 
 def read_status_topic(
     topic: str = STATUS_TOPIC, bootstrap: str | None = None, overrides: Any = None,
-    tail: int = TAIL, timeout: float = 15.0, *, kafka: Kafka | None = None,
+    tail: int = TAIL, timeout: float = 30.0, *, kafka: Kafka | None = None,
 ) -> list[dict[str, Any]]:
     """The last ``tail`` JSON messages of the status topic, in order.
 
