@@ -4,7 +4,11 @@ ids of ``--consumer-id-list``).
 Each child is a plain single consumer (its own interpreter, its own GIL), started with the
 same command line; Kafka's group protocol, not this parent, shares the partitions. The parent
 forwards SIGINT/SIGTERM and returns the worst exit code, so a supervisor sees a failed member
-even when the others stopped cleanly.
+even when the others stopped cleanly. The children run in their own process group: a signal
+sent to the parent's group (Ctrl-C in a terminal, a supervisor's ``kill -TERM -PGID``) then
+reaches each child once, through the parent, and is not taken for the second signal that means
+"do not wait for a clean stop". A parent that dies takes its children along
+(``die_with_parent``).
 """
 
 from __future__ import annotations
@@ -55,7 +59,7 @@ def spawn(argv: Sequence[str], ids: Sequence[int], metrics_port: int | None) -> 
     for i, cid in enumerate(ids):
         port = None if metrics_port is None else (metrics_port + i if metrics_port else 0)
         cmd = [sys.executable, "-m", "pvaflow.processors.cli", *child_argv(argv, cid, port)]
-        procs.append(subprocess.Popen(cmd, preexec_fn=die_with_parent))
+        procs.append(subprocess.Popen(cmd, preexec_fn=die_with_parent, process_group=0))
         log.info("spawned consumer %d (pid %d)", cid, procs[-1].pid)
 
     def forward(signum: int, _frame: FrameType | None) -> None:
