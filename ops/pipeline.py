@@ -42,6 +42,7 @@ from pvaflow.component import run_command
 from pvaflow.errors import ConfigError
 from pvaflow.kafka.settings import is_secret, parse_override
 from pvaflow.options import Parser, add_run_args, did_you_mean, parse
+from pvaflow.process import die_with_parent
 
 log = logging.getLogger("pvaflow.run")
 
@@ -236,7 +237,11 @@ def start(parts: Sequence[Component], log_dir: Path | None = None) -> Running:
         if log_dir is not None:
             log_dir.mkdir(parents=True, exist_ok=True)
             out = open(log_dir / f"{part.name}.log", "wb")  # noqa: SIM115 - child owns it
-        procs.append((part, subprocess.Popen(part.command(), stdout=out, stderr=out)))
+        # Own process group: Ctrl-C reaches only this parent, which stops the children one
+        # by one in its order (a child that got the terminal's signal too would take this
+        # parent's SIGTERM for a second one and skip its clean stop).
+        procs.append((part, subprocess.Popen(part.command(), stdout=out, stderr=out,
+                                             preexec_fn=die_with_parent, process_group=0)))
         if out is not None:
             out.close()
     return procs

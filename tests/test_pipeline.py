@@ -151,6 +151,7 @@ def test_demo_refuses_a_non_positive_runtime_in_one_line(capsys):
 def test_run_starts_the_monitor_through_the_registry_with_x_settings(kafka_bootstrap, tmp_path):
     """No wing needed: `pvaflow run` with only a monitor, whose -X settings come from X:."""
     import json
+    import os
     import signal
     import socket
     import subprocess
@@ -180,13 +181,13 @@ def test_run_starts_the_monitor_through_the_registry_with_x_settings(kafka_boots
     log = tmp_path / "run.log"
     with open(log, "wb") as out:
         run = subprocess.Popen([sys.executable, "-m", "pvaflow.cli", "run", str(f)],
-                               stdout=out, stderr=subprocess.STDOUT)
+                               stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         wait_for(lambda: view() is not None or run.poll() is not None, 120, "the monitor")
         assert run.poll() is None, log.read_text()
         current = view()
         assert current is not None and (current["stages"], current["lost_total"]) == ([], 0)
-        run.send_signal(signal.SIGTERM)
+        os.killpg(run.pid, signal.SIGINT)  # Ctrl-C in a terminal: the whole group
         assert run.wait(60) == 0, log.read_text()
     finally:
         if run.poll() is None:
