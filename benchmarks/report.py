@@ -92,7 +92,7 @@ def percentile(values: Sequence[float], q: float) -> float:
     return s[lo] + (s[hi] - s[lo]) * (k - lo)
 
 
-def _children(pid: int) -> list[int]:
+def children(pid: int) -> list[int]:
     kids: list[int] = []
     try:
         for task in os.listdir(f"/proc/{pid}/task"):
@@ -115,5 +115,5 @@ def process_tree_cpu(pid: int) -> float:
             total += (int(fields[11]) + int(fields[12])) / tick
         except OSError:
             continue
-        todo += _children(p)
+        todo += children(p)
     return total
