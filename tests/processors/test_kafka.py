@@ -31,17 +31,31 @@ def _decode(r) -> np.ndarray:  # type: ignore[no-untyped-def]
     return decode(r.uid.to_bytes(8, "big"), r.value, list(r.headers.items())).array
 
 
+@pytest.mark.parametrize("exactly_once", [False, True], ids=["at-least-once", "exactly-once"])
 def test_plugin_failures_go_to_the_dlq_and_processing_goes_on(
         kafka_bootstrap: str, make_topic: Callable[..., str],
-        consumer: Callable[..., Proc]) -> None:
+        consumer: Callable[..., Proc], exactly_once: bool) -> None:
+    """With --exactly-once the dead letters are written in the outputs' transaction: a
+    read_committed reader sees each once (and only once the transaction commits)."""
     src, out, dlq = make_topic(2), make_topic(suffix="out"), make_topic(suffix="dlq")
     feed(kafka_bootstrap, src, make_frames(100, (8, 8)), lambda f: f.unique_id % 2)
     produce_raw(kafka_bootstrap, src, b"not a frame", b"junk", partition=1)
+    mode = ["--exactly-once"] if exactly_once else []
     c = consumer("--input-topic", src, "--output-topic", out, "--dlq-topic", dlq,
                  "--processor", "flaky_plugin:EveryTenthFails", "--runtime", "40",
-                 "--report-period", "1", env={"PYTHONPATH": str(HERE)})
-    outputs = read_exactly(kafka_bootstrap, out, 90)
-    dead = read_exactly(kafka_bootstrap, dlq, 11)
+                 "--report-period", "1", *mode, env={"PYTHONPATH": str(HERE)})
+    outputs = read_exactly(kafka_bootstrap, out, 90, read_committed=exactly_once)
+    dead = read_exactly(kafka_bootstrap, dlq, 11, read_committed=exactly_once)
+    if exactly_once:  # transactional writes: commit markers take offsets beside the records
+        from confluent_kafka import Consumer
+
+        from pvaflow.kafka.topics import watermarks
+
+        probe = Consumer({"bootstrap.servers": kafka_bootstrap, "group.id": "wm"})
+        try:
+            assert watermarks(probe, dlq)[1] > 11
+        finally:
+            probe.close()
     c.stop()
     assert sorted(r.uid for r in outputs) == [i for i in range(1, 101) if i % 10]
     assert len(dead) == 11
