@@ -17,6 +17,7 @@ help:
 	@echo "make lint    ruff + mypy + hadolint"
 	@echo "make image   build the Dockerfile with buildah (BASE=... or a local Debian base)"
 	@echo "make test    lint, tools, image, then pytest (real Kafka broker + PVA sim servers; PYTEST_ARGS=...)"
+	@echo "make test-under-load  make test beside 2 CPU hogs (HOGS=N): the suite must not need an idle machine"
 	@echo "make alerts  regenerate alerts/pvaflow.rules.yaml from the chart's alert rules"
 	@echo "make demo    run the end-to-end demo (python -m pvaflow.ops.demo)"
 	@echo "make bench   run every benchmark; rewrites docs/performance.md (quiet machine!)"
@@ -41,7 +42,11 @@ test: lint tools
 	@IMAGE_OPTIONAL=1 scripts/image
 	$(BIN)/pytest -q $(PYTEST_ARGS)
 
-.PHONY: tools alerts image
+# The same suite with every core of a 2-core machine kept busy by other work.
+test-under-load:
+	@scripts/under-load $(MAKE) test
+
+.PHONY: tools alerts image test-under-load
 # helm (go install), Prometheus (Debian package, unpacked), kubernetes-validate, and buildah +
 # mmdebstrap (Debian packages, installed when run as root) for tests/ops.
 tools: venv
