@@ -19,7 +19,7 @@ import logging
 import re
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
 from .kafka.settings import ENV_BOOTSTRAP, parse_override
@@ -218,6 +218,21 @@ def positive_int(text: str) -> int:
     return value
 
 
+def whole_in(low: int, high: int) -> Callable[[str], int]:
+    """argparse ``type=`` for a whole number in ``low..high`` (a port, a broker count).
+
+    >>> whole_in(1, 9)("3")
+    3
+    """
+    def check(text: str) -> int:
+        value = _whole(text)
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be {low} to {high}, got {value}")
+        return value
+    check.__name__ = f"whole number {low}..{high}"
+    return check
+
+
 def id_list(text: str) -> list[int]:
     """PvaPy's id list: ``1,3,5`` or ``range(first, last+1[, step])``."""
     spec = text.strip()
@@ -254,14 +269,26 @@ def non_negative_int(text: str) -> int:
     return value
 
 
-def non_negative(text: str) -> float:
-    """argparse ``type=`` for durations."""
+def _number(text: str) -> float:
     try:
-        value = float(text)
+        return float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+
+
+def non_negative(text: str) -> float:
+    """argparse ``type=`` for durations."""
+    value = _number(text)
     if value < 0:
         raise argparse.ArgumentTypeError(f"must not be negative, got {value:g}")
+    return value
+
+
+def positive(text: str) -> float:
+    """argparse ``type=`` for durations and rates that must be above 0."""
+    value = _number(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be above 0, got {value:g}")
     return value
 
 

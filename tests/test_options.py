@@ -38,3 +38,23 @@ def test_json_log_lines_carry_who_and_the_frame() -> None:
     assert (out["component"], out["group"], out["id"], out["unique_id"]) == (
         "consumer", "rotate", "2", 7)
     assert out["time"].endswith("Z")
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--brokers", "12"], "argument --brokers: must be 1 to 9, got 12"),
+    (["--port", "x"], "argument --port: expected a whole number, got 'x'"),
+    (["--port", "70000"], "argument --port: must be 0 to 65535, got 70000"),
+    (["--timeout", "0"], "argument --timeout: must be above 0, got 0"),
+    (["--timeout", "soon"], "argument --timeout: expected a number, got 'soon'"),
+])
+def test_range_types_are_one_line_naming_the_bound(
+        argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """The broker launcher's options use the shared range types, so its errors read like
+    every other command's."""
+    from pvaflow.ops.broker.cli import main
+
+    with pytest.raises(SystemExit) as info:
+        main(["run", *argv])
+    assert info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and "\n" not in err

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from pvaflow.component import fail
 from pvaflow.errors import PvaflowError
-from pvaflow.options import Parser, add_log_args, parse
+from pvaflow.options import Parser, add_log_args, parse, positive, whole_in
 
 from .cluster import LocalCluster
 from .daemon import clear_state, describe, running_pids, write_cluster_state, write_state
@@ -27,36 +27,6 @@ from .maven import (
 )
 from .procs import pid_alive, stop_pids
 from .security import PLAINTEXT, SASL_SSL, SECURITY_MODES, SecurityFiles, describe_clients
-
-
-def _positive(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be > 0: {text!r}")
-    return value
-
-
-def _port(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
-    if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"port out of range: {text!r}")
-    return value
-
-
-def _count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if not 1 <= value <= 9:
-        raise argparse.ArgumentTypeError(f"must be 1 to 9: {text!r}")
-    return value
 
 
 def _version(text: str) -> str:
@@ -98,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--data-dir", type=Path, default=None,
                            help="broker data + logs (default <cache>/broker-<version>, "
                                 "<cache>/cluster<N>-<version> with --brokers N)")
-            p.add_argument("--brokers", type=_count, default=1,
+            p.add_argument("--brokers", type=whole_in(1, 9), default=1,
                            help="number of brokers: N > 1 runs a local N-node KRaft cluster "
                                 "(replication factor 3, min ISR 2) for fault tests; stop and "
                                 "status use it only to find the default data dir")
@@ -110,14 +80,14 @@ def build_parser() -> argparse.ArgumentParser:
                                 "printed); stop and status use it only to find the default "
                                 "data dir")
         if ports:
-            p.add_argument("--port", type=_port, default=9092,
+            p.add_argument("--port", type=whole_in(0, 65535), default=9092,
                            help="client port on 127.0.0.1 (default 9092; 0 = any free port); "
                                 "a cluster uses PORT..PORT+N-1")
-            p.add_argument("--controller-port", type=_port, default=0,
+            p.add_argument("--controller-port", type=whole_in(0, 65535), default=0,
                            help="KRaft controller port (default 0 = any free port); "
                                 "a cluster uses PORT..PORT+N-1")
         if timeout is not None:
-            p.add_argument("--timeout", type=_positive, default=timeout,
+            p.add_argument("--timeout", type=positive, default=timeout,
                            help=f"seconds to wait (default {timeout:g})")
 
     p = sub.add_parser("fetch", help="resolve the Kafka jars with Maven and print where they are")
