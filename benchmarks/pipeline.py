@@ -294,7 +294,11 @@ class Trial:
                        "collector": {k: col.get(k) for k in ("received", "emitted", "missed",
                                                               "late", "duplicates")}}}
         if self.latency:
-            res["latency_ms"] = ordered_latency(self.bootstrap, ordered, col.get("emitted", 0))
+            res["latency_ms"] = ordered_latency(self.bootstrap, ordered,
+                                                col.get("emitted", 0)) or {}
+            res["latency_ms"]["stages"] = stage_latency(
+                self.bootstrap, {"bridge": frames, "consumer": done, "collector": ordered},
+                col.get("emitted", 0))
         return res
 
     # -- bare Kafka ----------------------------------------------------------------------
@@ -405,6 +409,44 @@ def ordered_latency(bootstrap: str, topic: str, n: int) -> dict[str, float] | No
             lat.append((src, m.timestamp()[1] - src))
     c.close()
     return summary(lat)
+
+
+def stage_latency(bootstrap: str, topics: dict[str, str], n: int) -> dict[str, Any]:
+    """Where the latency comes from: for each stage, the Kafka timestamp of a frame's record
+    on the stage's output topic minus the previous stage's (the source's EPICS timestamp for
+    the first stage), matched by key (uniqueId); steady-state percentiles (see summary)."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    from pvaflow.kafka.settings import consumer_config
+
+    stamps: dict[str, dict[bytes, float]] = {}
+    src: dict[bytes, float] = {}
+    for stage, topic in topics.items():
+        c = Consumer(consumer_config(f"lat-{uuid.uuid4().hex[:6]}", bootstrap))
+        parts = c.list_topics(topic, timeout=10).topics[topic].partitions
+        c.assign([TopicPartition(topic, p, 0) for p in parts])
+        seen: dict[bytes, float] = {}
+        deadline = time.monotonic() + 60
+        while len(seen) < n and time.monotonic() < deadline:
+            for m in c.consume(500, 1.0):
+                key = m.key()
+                if m.error() is not None or key is None:
+                    continue
+                seen.setdefault(key, float(m.timestamp()[1]))
+                if key not in src:
+                    ts = dict(m.headers() or []).get("pf.ts")
+                    if ts is not None:
+                        sec, ns, _ = (ts if isinstance(ts, bytes) else ts.encode()).split(b".")
+                        src[key] = int(sec) * 1e3 + int(ns) / 1e6
+        c.close()
+        stamps[stage] = seen
+    out: dict[str, Any] = {}
+    prev = src
+    for stage, seen in stamps.items():
+        pairs = [(src[k], t - prev[k]) for k, t in seen.items() if k in prev and k in src]
+        out[stage] = summary(pairs)
+        prev = seen
+    return out
 
 
 # -- child roles ---------------------------------------------------------------------------
@@ -587,6 +629,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                     help="the lowest rate of each ladder only, latency from that trial")
     ap.add_argument("--render", action="store_true", help="only rewrite doc and plots")
     ap.add_argument("--only", action="append", choices=PIPELINES, help="pipelines to run")
+    ap.add_argument("--config", action="append", choices=list(CONFIGS), metavar="FRAMES",
+                    help="frame configurations to run, repeatable (default: all, and the "
+                         "--codec rows); one of: " + "; ".join(CONFIGS))
+    ap.add_argument("--label", default=None,
+                    help="keep the results as benchmarks/results/pipeline-LABEL.json and "
+                         "leave the doc's end-to-end section alone (for before/after runs)")
+    ap.add_argument("--compare", nargs=2, metavar=("BEFORE", "AFTER"),
+                    help="only write the before/after section from two --label runs")
     ap.add_argument("--role", help=argparse.SUPPRESS)
     ap.add_argument("-b", dest="bootstrap", help=argparse.SUPPRESS)
     for hidden in ("--channel", "--topic", "--out", "--tag", "--source", "--h5", "--shape"):
@@ -599,6 +649,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return child(a)
     if a.render:
         render(json.loads((RESULTS / "pipeline.json").read_text()))
+        return 0
+    if a.compare:
+        render_compare(*a.compare)
         return 0
     # stopped by a signal, the run still ends every process it started (finally blocks)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
@@ -627,6 +680,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                       h5, bridge_args, latency)
 
         for name, cfg in CONFIGS.items():
+            if a.config and name not in a.config:
+                continue
             rates = cfg["rates"][:1] if a.quick else cfg["rates"]
             print(f"{name}:", flush=True)
             entry: dict[str, Any] = {"frame_bytes": cfg["nx"] * cfg["ny"] * np.dtype(
@@ -650,7 +705,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     print(f"  {pipe:26s} latency at {half:g} fps: {r.get('latency_ms')}",
                           flush=True)
             data["configs"][name] = entry
-        if "pvaflow" in pipelines:
+        if "pvaflow" in pipelines and not a.config:
             for name, cfg in CODEC_ROWS.items():
                 rates = cfg["rates"][:1] if a.quick else cfg["rates"]
                 print(f"{name} (pvaflow, raw vs bridge --codec bslz4):", flush=True)
@@ -661,6 +716,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 data["codec"][name] = {"raw": raw, "bslz4": comp}
     data["wall_seconds"] = round(time.monotonic() - t_start)
     RESULTS.mkdir(parents=True, exist_ok=True)
+    if a.label:
+        data["label"], data["argv"] = a.label, list(argv if argv is not None else sys.argv[1:])
+        (RESULTS / f"pipeline-{a.label}.json").write_text(json.dumps(data, indent=2,
+                                                                    default=str))
+        return 0
     (RESULTS / "pipeline.json").write_text(json.dumps(data, indent=2, default=str))
     render(data)
     return 0
@@ -852,6 +912,100 @@ Where the failing trials lost their frames (each component's own counters):
 """
     write_section("pipeline", md)
     _plot(data)
+
+
+def _ms_per_frame(runs: Sequence[dict[str, Any]], proc: str, seconds: float,
+                  rate: float | None = None) -> float | None:
+    """One process tree's CPU ms per published frame: at ``rate``, or the median over the
+    passing trials (CPU per frame falls as the rate rises: fixed costs spread thinner)."""
+    vals = [r["cpu"][proc] / 100 / (r["published"] / seconds) * 1e3
+            for r in runs if r["ok"] and r["published"] and proc in r["cpu"]
+            and (rate is None or r["rate"] == rate)]
+    return statistics.median(vals) if vals else None
+
+
+def _cpu_compare(flow: Sequence[dict[str, Any]], pvapy: Sequence[dict[str, Any]],
+                 seconds: float) -> tuple[str, float | None, float | None]:
+    """Bridge and pvapy-hpc-consumer CPU per frame at the highest rate both passed, else the
+    medians over each one's passing trials."""
+    common = ({r["rate"] for r in flow if r["ok"]} & {r["rate"] for r in pvapy if r["ok"]})
+    rate = max(common) if common else None
+    return (f"{rate:g}" if rate else "medians", _ms_per_frame(flow, "bridge", seconds, rate),
+            _ms_per_frame(pvapy, "consumers", seconds, rate))
+
+
+def render_compare(before: str, after: str) -> None:
+    """The before/after section from two ``--label`` runs (each ran PvaPy and pvaflow side by
+    side: the ratios within a run are what compares, the machine being shared)."""
+    runs = {lab: json.loads((RESULTS / f"pipeline-{lab}.json").read_text())
+            for lab in (before, after)}
+    rows_rate, rows_cpu, rows_lat, rows_stage = [], [], [], []
+    loads: dict[str, list[float]] = {}
+    for lab, data in runs.items():
+        sec = data["seconds"]
+        for name, e in data["configs"].items():
+            r = e["runs"]
+            loads.setdefault(lab, []).extend(x for rs in r.values() for t in rs for x in t["load"])
+            top = {p: best(r.get(p) or []) for p in ("pvapy", "pvaflow")}
+            fps = {p: (t["rate"] if t else 0) for p, t in top.items()}
+            ratio = f"{fps['pvaflow'] / fps['pvapy']:.2f}" if fps["pvapy"] else "n/a"
+            rows_rate.append([name, lab, _rate(r.get("pvapy"), sec), _rate(r.get("pvaflow"), sec),
+                              ratio])
+            at, b, c = _cpu_compare(r.get("pvaflow") or [], r.get("pvapy") or [], sec)
+            rows_cpu.append([name, lab, at, f"{b:.3f}" if b else "n/a",
+                             f"{c:.3f}" if c else "n/a", f"{b / c:.1f}" if b and c else "n/a"])
+            for p in ("pvapy", "pvaflow"):
+                lat = e["latency"].get(p) or {}
+                if "p50" in lat:
+                    rows_lat.append([name, lab, p, f"{lat['rate']:g}",
+                                     f"{lat.get('p50_steady', lat['p50']):.0f}",
+                                     f"{lat.get('p99_steady', lat['p99']):.0f}",
+                                     f"{lat['p99']:.0f}"])
+                for stage, st in (lat.get("stages") or {}).items():
+                    if st:
+                        rows_stage.append([name, lab, stage,
+                                           f"{st.get('p50_steady', st['p50']):.0f}",
+                                           f"{st.get('p99_steady', st['p99']):.0f}"])
+    cmds = "\n".join("    .venv/bin/python -m benchmarks.pipeline "
+                     + " ".join(_quote(x) for x in d.get("argv", [])) for d in runs.values())
+    load_text = "; ".join(f"{lab} {min(v):.1f}-{max(v):.1f}" for lab, v in loads.items())
+    md = f"""## End to end: the bridge before and after its speed-up
+
+The same command run before and after the bridge's queue defaults, per-frame path and latency
+settings changed ({before} / {after}); each run puts PvaPy's pipeline and pvaflow's side by side
+on the same shared machine, so the ratios within a run are what compares. 1-minute load
+average over the trials: {load_text} (other work shared the 2 cores).
+
+{cmds}
+
+Highest zero-loss rate (requested fps; in brackets what the source published) and pvaflow's
+rate as a fraction of PvaPy's:
+
+{table(["frames", "run", "PvaPy", "pvaflow", "pvaflow / PvaPy"], rows_rate)}
+
+CPU per published frame (ms): the bridge against the 2 `pvapy-hpc-consumer` processes
+(which receive the same frames and republish them), at the highest rate both passed ("fps"),
+else ("medians") the median over each one's passing trials (per-frame CPU falls as the rate
+rises, so medians over different rates favour the faster pipeline):
+
+{table(["frames", "run", "fps", "bridge", "pvapy-hpc-consumer x 2", "bridge / consumer"],
+       rows_cpu)}
+
+Latency at half the zero-loss rate, source timestamp -> out of the collector (ms; steady
+state as above, "p99 all" includes the collector's start-up hold):
+
+{table(["frames", "run", "pipeline", "fps", "p50", "p99", "p99 all"], rows_lat)}
+
+Where pvaflow's latency comes from (ms, steady state): each stage's record timestamp on its
+output topic minus the previous stage's (bridge: minus the source's EPICS timestamp):
+
+{table(["frames", "run", "stage", "p50", "p99"], rows_stage)}
+"""
+    write_section("pipeline-compare", md)
+
+
+def _quote(x: str) -> str:
+    return f"'{x}'" if " " in x else x
 
 
 def _plot(data: dict[str, Any]) -> None:

@@ -75,7 +75,7 @@ class BridgeConfig:
     sets: tuple[str, ...] = ()
     first: int | None = 1          # None: anchor at the first uniqueId received
     server_queue_size: int = 100
-    receiver_queue_size: int = 100
+    receiver_queue_size: int = -1   # no client queue (PvaPy's default)
     fmt: str = "native"
     topic_config: dict[str, str] = field(default_factory=dict)
     replication: Replication = field(default_factory=Replication)
@@ -106,6 +106,10 @@ class Bridge:
             raise ConfigError("--codec needs the native --format: ad00 has no codec field")
         if config.codec_threads < 1:
             raise ConfigError("--codec-threads must be at least 1")
+        if config.receiver_queue_size == 0:
+            # pvapy reads 0 as a queue without limit; every queue here has one
+            raise ConfigError("--receiver-queue-size 0 would be a client queue without a "
+                              "limit: give a length N > 0, or -1 for no client queue")
         self.plans = [
             Plan(t, config.partitions, config.updates, config.sets,
                  1 if config.first is None else config.first)

@@ -45,9 +45,13 @@ def build_parser() -> Parser:
     g.add_argument(*flags("--server-queue-size"), type=int, default=100, metavar="N",
                    help="server-side monitor queue, record[queueSize=N]; 0 disables "
                         "(default: 100)")
-    g.add_argument(*flags("--receiver-queue-size"), type=int, default=100, metavar="N",
-                   help="client-side PvObjectQueue length; -1 disables it and produces "
-                        "straight from the monitor callback (default: 100)")
+    g.add_argument(*flags("--receiver-queue-size"), type=int, default=-1, metavar="N",
+                   help="client-side PvObjectQueue of N frames (N x the frame size in "
+                        "memory; 0, pvapy's unbounded queue, is refused); -1: none, frames "
+                        "are produced from the monitor callback and a stall backs up into "
+                        "the server queue, as PvaPy's default does. A client queue copies "
+                        "every frame once more and, on a busy machine, lost frames where "
+                        "-1 lost none: see docs/bridge.md (default: -1)")
     m = p.add_argument_group("metadata channels (joined to frames by timestamp)")
     m.add_argument(*flags("--metadata-channels"), dest="metadata_channels", action="append",
                    default=[], metavar="URL,...",

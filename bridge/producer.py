@@ -56,6 +56,7 @@ class FrameProducer:
         self._seq: dict[tuple[str, int], int] = {}
         self._lock = threading.Lock()
         self._warned_large: set[str] = set()
+        self._callbacks: dict[int, _Delivery] = {}
         self.session = uuid.uuid4().hex[:12]
         self._closing = threading.Event()
         self._poller = threading.Thread(target=self._poll, name="bridge-delivery", daemon=True)
@@ -84,7 +85,7 @@ class FrameProducer:
                 sent = self._sender.send(
                     topic, value, key, partition=partition,
                     headers=[*headers, ("pf.seq", str(seq).encode())],
-                    on_delivery=_Delivery(stats, size))
+                    on_delivery=self._delivery(stats))
             except KafkaException as exc:
                 err = exc.args[0]
                 if err.code() == KafkaError.MSG_SIZE_TOO_LARGE:
@@ -104,6 +105,13 @@ class FrameProducer:
             stats.produced += 1
             stats.bytes_produced += size
             return True
+
+    def _delivery(self, stats: ChannelStats) -> _Delivery:
+        """The channel's one delivery callback (none made per frame)."""
+        cb = self._callbacks.get(id(stats))
+        if cb is None or cb.stats is not stats:
+            cb = self._callbacks[id(stats)] = _Delivery(stats)
+        return cb
 
     def _drop_full(self, stats: ChannelStats, unique_id: int) -> bool:
         # the sender warns once when dropping starts and once when there is room again
@@ -140,17 +148,16 @@ class FrameProducer:
 class _Delivery:
     """Delivery callback bound to one channel's counters (runs on the delivery thread)."""
 
-    __slots__ = ("size", "stats")
+    __slots__ = ("stats",)
 
-    def __init__(self, stats: ChannelStats, size: int) -> None:
+    def __init__(self, stats: ChannelStats) -> None:
         self.stats = stats
-        self.size = size
 
     def __call__(self, err: KafkaError | None, msg: Message) -> None:
         s = self.stats
         if err is None:
             s.delivered += 1
-            s.bytes_delivered += self.size
+            s.bytes_delivered += len(msg)
             latency = msg.latency()
             if latency is not None:
                 s.observe_latency(latency)

@@ -126,6 +126,13 @@ def add_kafka_args(parser: argparse.ArgumentParser) -> None:
         help="librdkafka setting, repeatable (e.g. -X linger.ms=5 -X security.protocol=SASL_SSL)",
     )
     g.add_argument(
+        "--latency", dest="kafka_profile", action="store_const", const="latency",
+        default=None,
+        help="Kafka settings for low latency (interactive use): producers send at once "
+             "(linger.ms=0) and fetches wait at most 10 ms, at more CPU per frame in this "
+             "command and the broker; -X still overrides (default: settings for throughput, "
+             "see docs/operations.md)")
+    g.add_argument(
         "--kafka-timeout", type=float, default=120.0, metavar="SECONDS",
         help="give up (exit 3) when no broker has answered for this long; 0 waits forever "
              "(default: 120)")

@@ -427,3 +427,15 @@ def test_non_contiguous_and_big_endian_arrays_keep_their_values(
     got = frame_from_ntnda(ntnda_from_frame(Frame(a))).array
     assert got.shape == a.shape
     assert got.tolist() == a.tolist()
+
+
+def test_frames_of_alternating_dimensions_each_keep_their_own() -> None:
+    """The reader reuses the previous frame's dimensions when they are equal: never when not."""
+    binned = (Dimension(4, 2, 8, 2, False), Dimension(3, 0, 3, 1, True))
+    specs = [Frame(np.zeros((3, 4), np.uint8), unique_id=1),
+             Frame(np.zeros((4, 3), np.uint8), unique_id=2),
+             Frame(np.zeros((3, 4), np.uint8), unique_id=3, dimensions=binned),
+             Frame(np.zeros((3, 4), np.uint8), unique_id=4)]
+    for spec in specs * 2:
+        got = frame_from_ntnda(build_nt(spec))
+        assert got.array.shape == spec.array.shape and got.dimensions == spec.dimensions

@@ -48,3 +48,29 @@ def test_bad_override_is_a_clear_argparse_error(text):
 
 def test_override_value_may_contain_equals():
     assert settings.parse_override("sasl.jaas.config=a=b") == ("sasl.jaas.config", "a=b")
+
+
+def test_latency_profile_layers_over_defaults_and_component_settings_under_x(monkeypatch):
+    monkeypatch.delenv("PVAFLOW_KAFKA_LINGER_MS", raising=False)
+    assert settings.producer_config("h:1")["linger.ms"] == settings.PRODUCER_DEFAULTS["linger.ms"]
+    conf = settings.producer_config("h:1", profile="latency", linger_ms=5)  # a component's own
+    assert conf["linger.ms"] == 0 and conf["socket.nagle.disable"] is True
+    assert "fetch.wait.max.ms" not in conf  # a consumer setting stays with consumers
+    assert settings.producer_config("h:1", [("linger.ms", "3")], profile="latency")[
+        "linger.ms"] == "3"
+    c = settings.consumer_config("g", "h:1", profile="latency")
+    assert c["fetch.wait.max.ms"] == 10 and "linger.ms" not in c
+    with pytest.raises(ValueError, match="no producer settings profile 'fast'"):
+        settings.producer_config("h:1", profile="fast")
+
+
+def test_latency_option_reaches_every_client_of_a_command():
+    from pvaflow.kafka.client import Kafka
+    from pvaflow.options import add_kafka_args
+
+    p = argparse.ArgumentParser()
+    add_kafka_args(p)
+    assert Kafka.from_args(p.parse_args([])).producer_config()["linger.ms"] == 10
+    kafka = Kafka.from_args(p.parse_args(["--latency"]))
+    assert kafka.producer_config()["linger.ms"] == 0
+    assert kafka.consumer_config("g")["fetch.wait.max.ms"] == 10

@@ -167,8 +167,10 @@ class Kafka:
         overrides: Iterable[tuple[str, str]] | Mapping[str, Any] | None = None,
         *,
         timeout: float = LOST_TIMEOUT,
+        profile: str | None = None,
     ) -> None:
         self.bootstrap = bootstrap(bootstrap_servers)
+        self.profile = profile  # a named settings set (settings.PROFILES), e.g. "latency"
         items = overrides.items() if isinstance(overrides, Mapping) else (overrides or [])
         self.overrides: list[tuple[str, Any]] = list(items)
         self.health = Health(self._probe, timeout)
@@ -178,15 +180,17 @@ class Kafka:
     def from_args(cls, args: Any) -> Kafka:
         """From the options :func:`pvaflow.options.add_kafka_args` added."""
         return cls(args.bootstrap_servers, args.kafka_overrides,
-                   timeout=getattr(args, "kafka_timeout", LOST_TIMEOUT))
+                   timeout=getattr(args, "kafka_timeout", LOST_TIMEOUT),
+                   profile=getattr(args, "kafka_profile", None))
 
     # -- configurations (pure) ------------------------------------------------------------
 
     def producer_config(self, **extra: Any) -> dict[str, Any]:
-        return producer_config(self.bootstrap, self.overrides, **extra)
+        return producer_config(self.bootstrap, self.overrides, profile=self.profile, **extra)
 
     def consumer_config(self, group: str, **extra: Any) -> dict[str, Any]:
-        return consumer_config(group, self.bootstrap, self.overrides, **extra)
+        return consumer_config(group, self.bootstrap, self.overrides, profile=self.profile,
+                               **extra)
 
     def admin_config(self) -> dict[str, Any]:
         return admin_config(self.bootstrap, self.overrides)

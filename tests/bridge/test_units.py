@@ -140,3 +140,11 @@ def test_the_bridge_has_nothing_to_configure_and_resets_its_channels() -> None:
     final = bridge.report(final=True)
     assert final.startswith("final bridge statistics a:x -> a.x")
     assert parse_final(final)[0]["channel"] == "a:x"
+
+
+def test_client_queue_defaults_to_none_as_pvapy_and_an_unbounded_one_is_refused() -> None:
+    c = config_from_args(build_parser().parse_args(["-ic", "a:x"]))
+    assert (c.server_queue_size, c.receiver_queue_size) == (100, -1)
+    with pytest.raises(ConfigError, match="without a limit"):
+        Bridge(config_from_args(build_parser().parse_args(["-ic", "a:x", "-rqs", "0"])))
+    Bridge(config_from_args(build_parser().parse_args(["-ic", "a:x", "-rqs", "500"])))
