@@ -58,6 +58,9 @@ log = logging.getLogger(__name__)
 
 FETCH_PER_PARTITION = 256 * 1024
 DRAIN_CHECK = 1.0  # seconds between two looks at a silent stream's upstream
+# A consumer fenced again this soon after a recovery is not a broker's restart: another
+# instance really holds this collector's group.instance.id, and the run ends.
+REFENCE_WINDOW = 30.0
 PROC_HEADER, INPUT_HEADER = "pf.proc", "pf.in"  # written by pvaflow's processors
 
 Upstream = tuple[str, str, int]  # (processors' group, input topic, input partition)
@@ -148,6 +151,11 @@ class Collector:
         self._last_msg: dict[TP, Message] = {}
         self._next_check: dict[TP, float] = {}
         self._admin: AdminClient | None = None
+        self._consumer_conf: dict[str, Any] = {}
+        self._saved_consumed: dict[TP, int] = {}  # the consumed positions last committed
+        self._fenced: KafkaError | None = None  # set on the fence, handled by step()
+        self._recovered_at = -REFENCE_WINDOW
+        self.recoveries = 0
         self._skip = max(0, cfg.skip_initial_updates)
         self.skipped = 0
         self._oid_step = max(1, cfg.oid_offset)
@@ -173,7 +181,8 @@ class Collector:
                # (a larger record is still returned whole; -X overrides this as usual).
                "max.partition.fetch.bytes": FETCH_PER_PARTITION},
         )
-        self.consumer = kafka.consumer(cfg.group, {**conf, "stats_cb": self._on_stats})
+        self._consumer_conf = {**conf, "stats_cb": self._on_stats}
+        self.consumer = kafka.consumer(cfg.group, self._consumer_conf)
         # Waits as long as it takes for room (the input is a durable log), but not past a
         # stop or a cluster lost for good.
         self.sender = ctx.sender(self.producer, on_full="fail")
@@ -184,6 +193,7 @@ class Collector:
         self.producer.init_transactions(30)  # fences and aborts a crashed predecessor
         self.saved = load_state(cfg.state_topic, cfg.group, kafka)
         self.reorder = Reorderer(cfg.cache_size, cfg.max_delay, state=self.saved.reorder)
+        self._saved_consumed = dict(self.saved.consumed)
         log.info("collector %s resumes after uniqueId %s", self.identity,
                  self.reorder.last_emitted)
         if self.plugin is not None:
@@ -211,6 +221,8 @@ class Collector:
                 msgs = self._replay.filter(self.consumer, msgs)
             if msgs:
                 self._on_messages(msgs)
+            if self._fenced is not None:
+                self._recover(self._fenced)
             self._merge()
             if self._replay is not None and self._replay.finished():
                 # past --to-time everywhere: nothing else will fill a gap
@@ -313,6 +325,7 @@ class Collector:
             "missed_by": dict(self.reorder.stats.missed_by),
             "skipped": self.skipped,
             "lag": self.lag, "replayed": self.replayed, "pauses": self.pauses,
+            "recoveries": self.recoveries,
             "rate": round((emitted - n0) / (now - t0), 3) if now > t0 and emitted >= n0 else 0,
         }
         if self.plugin is not None:
@@ -442,7 +455,9 @@ class Collector:
                 self._at_end.discard(tp)
             elif err.code() == KafkaError._PARTITION_EOF:
                 self._at_end.add(tp)
-            elif err.fatal():  # e.g. fenced: this consumer reads nothing more, ever
+            elif _fenced(err) and time.monotonic() - self._recovered_at > REFENCE_WINDOW:
+                self._fenced = err  # e.g. after a broker restart: step() makes a new consumer
+            elif err.fatal() or err.code() == KafkaError._FATAL:  # reads nothing more, ever
                 raise KafkaException(err)
             else:
                 log.warning("consumer error: %s", err)
@@ -583,6 +598,7 @@ class Collector:
         offsets = cast(list[int], [m.offset() for m in cached])
         positions = committable(consumed, zip(_partitions(cached), offsets, strict=True))
         state = SavedState(self.reorder.state, consumed)
+        self._saved_consumed = consumed
         for sink in self.sinks:  # files hold what this commit marks as emitted
             sink.flush()
         self._send(self.cfg.state_topic, state.encode(), self.cfg.group.encode(), None)
@@ -743,8 +759,44 @@ class Collector:
             self._replay.on_assign(consumer, partitions)
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        self._commit()
+        if self._fenced is None:  # a fenced consumer's revoke: _recover committed already
+            self._commit()
         self._on_lost(consumer, partitions)
+
+    def _recover(self, err: KafkaError) -> None:
+        """The consumer was fenced (a static member whose session the group coordinator
+        gave to a newer join with the same ``group.instance.id``: after a broker restart,
+        the collector's own rejoin). It reads nothing more, but the producer and its
+        transaction are intact: commit what was emitted with the state (outputs, next id,
+        consumed positions), drop the cache, and continue with a new consumer from the
+        group's committed offsets, exactly as a restarted collector would from that state:
+        re-read frames already emitted are replays, cached ones are read again."""
+        assert self._ctx is not None
+        log.warning("collector %s: %s; continuing with a new consumer from the committed "
+                    "state", self.identity, err.str())
+        self._commit()  # the input offsets cannot follow (fenced): the state holds them
+        consumed = self._saved_consumed
+        old = self.consumer
+        # forget the old consumer's partitions and everything cached from them
+        self._on_lost(old, [TopicPartition(t, p) for t, p in self._assigned])
+        with contextlib.suppress(KafkaException, RuntimeError):
+            old.close()
+        pending = list(self.reorder.pending())
+        self.reorder.stats.received -= len(pending)  # they are read, and counted, again
+        stats = self.reorder.stats
+        self.reorder = Reorderer(self.reorder.cache_size, self.reorder.max_delay,
+                                 state=self.reorder.state)
+        self.reorder.stats = stats
+        self._cached.clear()
+        self._last_uid.clear()
+        self._paused.clear()
+        self.saved = SavedState(self.reorder.state, consumed)
+        self.consumer = self._ctx.kafka.consumer(self.cfg.group, self._consumer_conf)
+        self.consumer.subscribe(self.cfg.input_topics, on_assign=self._on_assign,
+                                on_revoke=self._on_revoke, on_lost=self._on_lost)
+        self._fenced = None
+        self._recovered_at = time.monotonic()
+        self.recoveries += 1
 
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         gone = [(p.topic, p.partition) for p in partitions]
@@ -760,6 +812,14 @@ class Collector:
 
     def _on_stats(self, stats_json: str) -> None:
         self.lag = sum(consumer_lag(stats_json).values())
+
+
+def _fenced(err: KafkaError) -> bool:
+    """A static member fenced by a newer join with its ``group.instance.id`` (librdkafka
+    returns it from consume() as a ``_FATAL`` event naming the id; its ``fatal()`` is
+    False there)."""
+    return err.code() == KafkaError.FENCED_INSTANCE_ID or (
+        (err.fatal() or err.code() == KafkaError._FATAL) and "group.instance.id" in err.str())
 
 
 def _high(st: Stream) -> int:

@@ -11,6 +11,8 @@ import time
 
 import pytest
 
+from pvaflow.kafka.client import Kafka
+
 from .helpers import PLUGIN, ids_of, produce_frames, read_records, wait_for
 
 pytestmark = pytest.mark.integration
@@ -127,3 +129,46 @@ def test_one_consumer_of_two_killed_mid_stream_every_id_once_in_order(
     assert (s["emitted"], s["missed"], s["late"]) == (n, 0, 0)
     assert s["received"] == len(written)
     assert s["duplicates"] == len(written) - n > 0
+
+
+def test_a_fenced_collector_consumer_is_replaced_and_nothing_is_lost_or_repeated(
+        kafka_bootstrap, make_topic, procs, ctl):
+    """A newer member joins with the collector's group.instance.id (what the collector's own
+    rejoin does after a broker restart): the collector's consumer is fenced. It carries on
+    with a new consumer from its committed state: every id once, in order."""
+    processed, ordered = make_topic(2), make_topic(1)
+    n, group = 3000, f"g-{ordered}"
+    col = collector(procs, kafka_bootstrap, processed, ordered, group, ctl)
+
+    def feed() -> None:
+        for k in range(1, n + 1, 50):
+            produce_frames(kafka_bootstrap, processed, range(k, min(k + 50, n + 1)),
+                           partitions=2)
+            time.sleep(0.05)
+
+    feeder = threading.Thread(target=feed)
+    feeder.start()
+    try:
+        wait_for(lambda: len(read_records(kafka_bootstrap, ordered,
+                                          lambda r: len(r) >= 300, 5)) >= 300,
+                 60, "output flowing")
+        # the same client settings as the collector's own consumer, the same static id
+        intruder = Kafka(kafka_bootstrap).consumer(group, **{
+            "group.instance.id": "collector-1", "enable.auto.commit": False})
+        intruder.subscribe([processed])
+        try:
+            wait_for(lambda: intruder.poll(0.5) is not None or intruder.assignment(), 60,
+                     "the intruder to join")
+            wait_for(lambda: intruder.poll(0.5) is None and "new consumer" in col.text(), 60,
+                     "the fence")
+        finally:
+            intruder.close()
+    finally:
+        feeder.join()
+    got = ids_of(read_records(kafka_bootstrap, ordered, lambda r: len(r) >= n, 120))
+    time.sleep(2)
+    assert ids_of(read_records(kafka_bootstrap, ordered, None, 30)) == list(range(1, n + 1))
+    assert got == list(range(1, n + 1))
+    assert col.stop() == 0
+    s = final_stats(col)
+    assert (s["emitted"], s["missed"], s["late"], s["recoveries"]) == (n, 0, 0, 1)
