@@ -151,6 +151,7 @@ class Collector:
         self._last_msg: dict[TP, Message] = {}
         self._next_check: dict[TP, float] = {}
         self._admin: AdminClient | None = None
+        self._upstream_warned: set[TP] = set()
         self._consumer_conf: dict[str, Any] = {}
         self._saved_consumed: dict[TP, int] = {}  # the consumed positions last committed
         self._fenced: KafkaError | None = None  # set on the fence, handled by step()
@@ -746,7 +747,13 @@ class Collector:
             pos = self.consumer.position([TopicPartition(*tp)])[0].offset
             return pos >= end
         except (KafkaException, IndexError, TimeoutError) as exc:
-            log.debug("looking at the upstream of %s: %s", tp, exc)
+            # e.g. not authorized to describe the processors' group or input topic: the
+            # stream is waited for until it delivers again (logged once per stream)
+            level = logging.DEBUG if tp in self._upstream_warned else logging.WARNING
+            self._upstream_warned.add(tp)
+            log.log(level, "collector %s: cannot tell whether %s[%d] has more to come "
+                    "(group %s, %s[%d]): %s; waiting for it", self.identity, tp[0], tp[1],
+                    group, topic, part, exc)
             return False
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
