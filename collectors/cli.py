@@ -41,9 +41,10 @@ PROG = "pvaflow-collector"
 
 def build_parser() -> Parser:
     p = Parser(prog=PROG, description=(
-        "Gather processed frames from one or more topics, reorder them by uniqueId with a "
-        "bounded cache and a time bound, drop duplicates, count gaps and late frames, run an "
-        "optional collector plugin, and write an ordered topic, a PVA channel and/or files."))
+        "Gather processed frames from one or more topics, merge their partitions in uniqueId "
+        "order (an id is given up only when no partition can still deliver it), drop "
+        "duplicates, count gaps and late frames, run an optional collector plugin, and write "
+        "an ordered topic, a PVA channel and/or files."))
     g = p.add_argument_group("input")
     g.add_argument(*flags("--input-topic"), action="append", required=True, metavar="TOPIC",
                    help="processor output topic to gather; repeatable; with "
@@ -57,7 +58,8 @@ def build_parser() -> Parser:
                    help="collector id in status and control (default: %(default)s)")
     r = p.add_argument_group("reorder")
     r.add_argument(*flags("--collector-cache-size"), type=positive_int, default=1000,
-                   metavar="N", help="frames held while waiting for a gap (default: %(default)s)")
+                   metavar="N", help="frames held while waiting for a gap; a partition that "
+                   "runs ahead is paused before it fills (default: %(default)s)")
     r.add_argument(*flags("--oid-field"), default="uniqueId", metavar="NAME",
                    help="reorder by this id: uniqueId (the record key, fastest), or the name "
                         "of an NTNDArray attribute holding an integer (each frame is "
@@ -70,8 +72,12 @@ def build_parser() -> Parser:
                         "PvaPy's default of 1 drops a PVA monitor's stale first update, "
                         "which a topic does not have (default: 0)")
     r.add_argument("--max-delay", type=non_negative, default=5.0, metavar="SECONDS",
-                   help="longest a frame waits for a missing one before the gap is counted as "
-                        "missed (default: %(default)s)")
+                   help="a partition that holds the next ids back must have been silent this "
+                        "long before it may stop holding the others back: then its ids are "
+                        "given up if the processors' group has processed its input partition "
+                        "to the end, or, for records not written by a pvaflow processor, at "
+                        "once; an id any partition may still deliver is never given up "
+                        "(default: %(default)s)")
     r.add_argument("--commit-interval", type=non_negative, default=0.2, metavar="SECONDS",
                    help="seconds between transactions of output + state + offsets "
                         "(default: %(default)s)")

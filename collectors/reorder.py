@@ -1,16 +1,27 @@
-"""Reordering by uniqueId with a bounded cache and a time bound (pure logic, no Kafka).
+"""Reordering by uniqueId with a bounded cache (pure logic, no Kafka).
 
 Frames arrive from several partitions in any order; the output must be strictly increasing.
-A frame is released as soon as it is the next expected id. When the cache holds more than
-``cache_size`` frames, or the oldest waiting frame has waited ``max_delay`` seconds, the
-reorderer gives up on the gap: it skips ahead to the lowest cached id and counts the skipped
-ids as missed. Anything below the next expected id is either *late* (it was skipped) or a
-*duplicate* (it was already emitted, e.g. redelivered by an at-least-once processor).
+A frame is released as soon as it is the next expected id. Ids that have not arrived are given
+up on by one of two rules:
 
-On a fresh start the first id is unknown, so nothing is released until the cache or the time
-bound forces it (then the lowest cached id starts the stream, and the frames waiting behind it
-get a fresh ``max_delay``: waiting for the start is not waiting for a gap); after a restart the
-saved :class:`ReorderState` says where to continue.
+* the merge rule (the collector's): the caller sets the *frontier* (:mod:`.merge`), the lowest
+  id any stream may still deliver; a gap below it will never be filled, so the reorderer skips
+  to the lowest cached id, counting the skipped ids as missed, and never otherwise, except
+  when the cache holds more than ``cache_size`` frames (then the gap is given up, counted
+  under ``cache``: with one stream per partition the collector pauses partitions that run
+  ahead long before that);
+* without a frontier (a plain reorder of one mixed stream), the cache bound and the time
+  bound: a gap is given up when the oldest waiting frame has waited ``max_delay``.
+
+Anything below the next expected id is either *late* (it was given up on) or a *duplicate*
+(it was already emitted, e.g. redelivered by an at-least-once processor); the ids given up on
+are remembered as ranges (:class:`~.merge.IntervalSet`, bounded) to tell the two apart.
+
+On a fresh start the first id is unknown. With a frontier the stream starts as soon as every
+live stream has delivered something (then the lowest cached id is the first); without one,
+nothing is released until the cache or the time bound forces it (then frames waiting behind
+the start get a fresh ``max_delay``). After a restart the saved :class:`ReorderState` says
+where to continue.
 """
 
 from __future__ import annotations
@@ -22,10 +33,14 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
+from .merge import CACHE, DELAY, END, INF, PASSED, IntervalSet
+
 T = TypeVar("T")
 
-# Skipped ranges remembered to tell a late frame from a duplicate (and persisted on restart).
-MAX_MISSED_RANGES = 64
+# Ranges of given-up ids remembered to tell a late frame from a duplicate (persisted in the
+# state record: at most ~20 bytes each). Beyond it the lowest ranges are joined, so a
+# duplicate of an old id may be counted late; a late frame is never counted as a duplicate.
+MAX_MISSED_RANGES = 1024
 
 
 @dataclass
@@ -33,7 +48,8 @@ class ReorderState:
     """What must survive a restart: where to continue and which ids were given up on."""
 
     next_expected: int | None = None
-    missed_ranges: list[tuple[int, int]] = field(default_factory=list)  # inclusive (lo, hi)
+    # ids given up on, inclusive ranges
+    missed: IntervalSet = field(default_factory=lambda: IntervalSet(limit=MAX_MISSED_RANGES))
     fresh_start: int | None = None  # first id of a stream started without history
 
     @property
@@ -41,7 +57,7 @@ class ReorderState:
         return None if self.next_expected is None else self.next_expected - 1
 
     def to_json(self) -> dict[str, object]:
-        return {"next": self.next_expected, "missed": [list(r) for r in self.missed_ranges],
+        return {"next": self.next_expected, "missed": [list(r) for r in self.missed],
                 "start": self.fresh_start}
 
     @classmethod
@@ -49,7 +65,8 @@ class ReorderState:
         nxt, start, missed = data.get("next"), data.get("start"), data.get("missed") or []
         return cls(
             next_expected=None if nxt is None else int(nxt),  # type: ignore[call-overload]
-            missed_ranges=[(int(lo), int(hi)) for lo, hi in missed],  # type: ignore[attr-defined]
+            missed=IntervalSet([(int(lo), int(hi)) for lo, hi in missed],  # type: ignore[attr-defined]
+                               limit=MAX_MISSED_RANGES),
             fresh_start=None if start is None else int(start),  # type: ignore[call-overload]
         )
 
@@ -62,6 +79,8 @@ class ReorderStats:
     late: int = 0
     duplicates: int = 0
     peak_cache_depth: int = 0
+    # missed ids by why they were given up (merge.PASSED, DRAINED, DELAY, CACHE, END)
+    missed_by: dict[str, int] = field(default_factory=dict)
 
 
 class Reorderer(Generic[T]):
@@ -95,6 +114,14 @@ class Reorderer(Generic[T]):
         # (arrival, highest id cached then) per push. Every cached id is >= the next expected,
         # so an entry whose highest id is below it holds nothing cached any more.
         self._arrivals: deque[tuple[float, int]] = deque()
+        # The merge rule's frontier and why (see set_frontier); None: the time bound.
+        self._frontier: tuple[float, str] | None = None
+
+    def set_frontier(self, low: float, why: str = PASSED) -> None:
+        """Use the merge rule: ids below ``low`` that have not arrived will not come
+        (``-inf``: nothing is known yet; ``inf``: no stream will deliver anything more).
+        ``why`` names the give-ups it causes in ``stats.missed_by``."""
+        self._frontier = (low, why)
 
     # -- queries ---------------------------------------------------------------------------
 
@@ -116,7 +143,7 @@ class Reorderer(Generic[T]):
 
     def classify_old(self, uid: int) -> str:
         """``late`` or ``duplicate`` for an id below the next expected one."""
-        if any(lo <= uid <= hi for lo, hi in self.state.missed_ranges):
+        if uid in self.state.missed:
             return "late"
         start = self.state.fresh_start
         if start is not None and uid < start:
@@ -182,6 +209,7 @@ class Reorderer(Generic[T]):
         cache, state = self._cache, self.state
         out: list[tuple[int, T]] = []
         nxt = state.next_expected
+        merge = self._frontier
         while cache:
             if nxt is not None and nxt in cache:
                 while nxt in cache:
@@ -189,12 +217,24 @@ class Reorderer(Generic[T]):
                     nxt += 1
                 state.next_expected = nxt
                 continue
-            if len(cache) > self.cache_size or (
-                    check_time and self._oldest_wait(now) >= self.max_delay):
+            if len(cache) > self.cache_size:
+                nxt = self._lowest()
+                self._skip_to(nxt, CACHE)
+                continue
+            if merge is not None:
+                low, why = merge
+                if low == -INF:
+                    break  # a stream has delivered nothing yet: anything may come
+                nxt = self._lowest()
+                if state.next_expected is not None and nxt > low:
+                    break  # the gap may still be filled by a stream below the frontier
+                self._skip_to(nxt, why)
+                continue
+            if check_time and self._oldest_wait(now) >= self.max_delay:
                 nxt = self._lowest()
                 if state.next_expected is None:  # the start-up wait is not a gap: restart
                     self._arrivals = deque([(now, max(cache))])  # every clock
-                self._skip_to(nxt)
+                self._skip_to(nxt, DELAY)
                 continue
             break
         self.stats.emitted += len(out)
@@ -205,7 +245,7 @@ class Reorderer(Generic[T]):
         """Release every cached frame in order, counting gaps as missed (end of stream)."""
         out: list[tuple[int, T]] = []
         while self._cache:
-            self._skip_to(self._lowest())
+            self._skip_to(self._lowest(), END)
             out += self.release(check_time=False)
         return out
 
@@ -224,15 +264,15 @@ class Reorderer(Generic[T]):
             heapq.heappop(heap)
         return heap[0]
 
-    def _skip_to(self, uid: int) -> None:
+    def _skip_to(self, uid: int, why: str) -> None:
         nxt = self.state.next_expected
         if nxt is None:
             self.state.fresh_start = uid
         elif uid > nxt:
             self.stats.missed += uid - nxt
-            ranges = self.state.missed_ranges
-            ranges.append((nxt, uid - 1))
-            del ranges[:-MAX_MISSED_RANGES]
+            by = self.stats.missed_by
+            by[why] = by.get(why, 0) + uid - nxt
+            self.state.missed.add(nxt, uid - 1)
         self.state.next_expected = uid
 
     def _oldest_wait(self, now: float) -> float:

@@ -23,7 +23,16 @@ from dataclasses import dataclass, field
 from typing import Any, cast
 
 import numpy as np
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+from confluent_kafka import (
+    Consumer,
+    ConsumerGroupTopicPartitions,
+    KafkaError,
+    KafkaException,
+    Message,
+    Producer,
+    TopicPartition,
+)
+from confluent_kafka.admin import AdminClient
 from prometheus_client.registry import Collector as PromCollector
 
 from pvaflow import codec
@@ -39,6 +48,7 @@ from pvaflow.metrics import consumer_lag
 from pvaflow.plugin import Processor, object_id, outputs
 from pvaflow.pva_channels import COLLECTOR_STATUS_FIELDS, PvaChannels
 
+from .merge import DELAY, DRAINED, Stream, frontier
 from .outputs import Output
 from .reorder import Reorderer
 from .state import STATE_TOPIC, TP, SavedState, committable, ensure_state_topic, load_state
@@ -47,6 +57,13 @@ from .stats import STATUS_SCHEMA, CollectorMetrics
 log = logging.getLogger(__name__)
 
 FETCH_PER_PARTITION = 256 * 1024
+DRAIN_CHECK = 1.0  # seconds between two looks at a silent stream's upstream
+# A consumer fenced again this soon after a recovery is not a broker's restart: another
+# instance really holds this collector's group.instance.id, and the run ends.
+REFENCE_WINDOW = 30.0
+PROC_HEADER, INPUT_HEADER = "pf.proc", "pf.in"  # written by pvaflow's processors
+
+Upstream = tuple[str, str, int]  # (processors' group, input topic, input partition)
 
 
 @dataclass
@@ -126,6 +143,20 @@ class Collector:
         self.saved = SavedState()
         self.reorder: Reorderer[Message] = Reorderer(cfg.cache_size, cfg.max_delay)
         self._cached: Counter[TP] = Counter()  # records per partition in the reorder cache
+        # The merge (collectors/merge.py): one stream per assigned partition, when each last
+        # delivered a record, its last record (whose headers name its upstream), and when
+        # each silent stream's upstream may be looked at next.
+        self._streams: dict[TP, Stream] = {}
+        self._seen_at: dict[TP, float] = {}
+        self._last_msg: dict[TP, Message] = {}
+        self._next_check: dict[TP, float] = {}
+        self._admin: AdminClient | None = None
+        self._upstream_warned: set[TP] = set()
+        self._consumer_conf: dict[str, Any] = {}
+        self._saved_consumed: dict[TP, int] = {}  # the consumed positions last committed
+        self._fenced: KafkaError | None = None  # set on the fence, handled by step()
+        self._recovered_at = -REFENCE_WINDOW
+        self.recoveries = 0
         self._skip = max(0, cfg.skip_initial_updates)
         self.skipped = 0
         self._oid_step = max(1, cfg.oid_offset)
@@ -151,7 +182,8 @@ class Collector:
                # (a larger record is still returned whole; -X overrides this as usual).
                "max.partition.fetch.bytes": FETCH_PER_PARTITION},
         )
-        self.consumer = kafka.consumer(cfg.group, {**conf, "stats_cb": self._on_stats})
+        self._consumer_conf = {**conf, "stats_cb": self._on_stats}
+        self.consumer = kafka.consumer(cfg.group, self._consumer_conf)
         # Waits as long as it takes for room (the input is a durable log), but not past a
         # stop or a cluster lost for good.
         self.sender = ctx.sender(self.producer, on_full="fail")
@@ -162,6 +194,7 @@ class Collector:
         self.producer.init_transactions(30)  # fences and aborts a crashed predecessor
         self.saved = load_state(cfg.state_topic, cfg.group, kafka)
         self.reorder = Reorderer(cfg.cache_size, cfg.max_delay, state=self.saved.reorder)
+        self._saved_consumed = dict(self.saved.consumed)
         log.info("collector %s resumes after uniqueId %s", self.identity,
                  self.reorder.last_emitted)
         if self.plugin is not None:
@@ -189,6 +222,9 @@ class Collector:
                 msgs = self._replay.filter(self.consumer, msgs)
             if msgs:
                 self._on_messages(msgs)
+            if self._fenced is not None:
+                self._recover(self._fenced)
+            self._merge()
             if self._replay is not None and self._replay.finished():
                 # past --to-time everywhere: nothing else will fill a gap
                 self._emit(self.reorder.flush())
@@ -287,8 +323,10 @@ class Collector:
             **counts, "cache_depth": self.reorder.depth,
             "peak_cache_depth": self.reorder.stats.peak_cache_depth,
             "last_emitted_unique_id": self.real_id(self.reorder.last_emitted),
+            "missed_by": dict(self.reorder.stats.missed_by),
             "skipped": self.skipped,
             "lag": self.lag, "replayed": self.replayed, "pauses": self.pauses,
+            "recoveries": self.recoveries,
             "rate": round((emitted - n0) / (now - t0), 3) if now > t0 and emitted >= n0 else 0,
         }
         if self.plugin is not None:
@@ -383,7 +421,20 @@ class Collector:
         tps = _partitions(msgs)
         if records_only and self._at_end:
             self._at_end.difference_update(tps)
-        self._last_uid.update(zip(tps, uids, strict=True))
+        last = dict(zip(tps, uids, strict=True))
+        self._last_uid.update(last)
+        self._last_msg.update(zip(tps, msgs, strict=True))
+        now = time.monotonic()
+        streams = self._streams
+        for tp, uid in last.items():  # a few partitions per poll
+            st = streams.get(tp)
+            if st is not None:  # (not if its partition was revoked meanwhile)
+                # The last id of the poll: a repeated tail may end lower than the highest,
+                # which only holds the frontier back (never gives an id up early).
+                st.high = uid if st.high is None or uid > st.high else st.high
+                st.drained = None
+            self._seen_at[tp] = now
+        self._set_frontier()
         self._cached.update(tps)
         rejected, out = self.reorder.push_many(uids, msgs)
         if rejected:
@@ -405,7 +456,9 @@ class Collector:
                 self._at_end.discard(tp)
             elif err.code() == KafkaError._PARTITION_EOF:
                 self._at_end.add(tp)
-            elif err.fatal():  # e.g. fenced: this consumer reads nothing more, ever
+            elif _fenced(err) and time.monotonic() - self._recovered_at > REFENCE_WINDOW:
+                self._fenced = err  # e.g. after a broker restart: step() makes a new consumer
+            elif err.fatal() or err.code() == KafkaError._FATAL:  # reads nothing more, ever
                 raise KafkaException(err)
             else:
                 log.warning("consumer error: %s", err)
@@ -469,9 +522,10 @@ class Collector:
     def _emit(self, items: list[tuple[int, Message]]) -> None:
         topic = self.cfg.output_topic
         if self.reorder.stats.missed != self._missed_logged:
-            log.info("gave up on %d ids before %s (cache %d/%d; last ids %s; paused %s; at end "
-                     "%s)", self.reorder.stats.missed - self._missed_logged,
-                     items[0][0] if items else "?", self.reorder.depth, self.reorder.cache_size,
+            log.info("gave up on %d ids before %s (so far by reason %s; cache %d/%d; last ids "
+                     "%s; paused %s; at end %s)", self.reorder.stats.missed - self._missed_logged,
+                     items[0][0] if items else "?", self.reorder.stats.missed_by,
+                     self.reorder.depth, self.reorder.cache_size,
                      self._last_uid, sorted(self._paused), sorted(self._at_end))
             self._missed_logged = self.reorder.stats.missed
         if items:
@@ -545,6 +599,7 @@ class Collector:
         offsets = cast(list[int], [m.offset() for m in cached])
         positions = committable(consumed, zip(_partitions(cached), offsets, strict=True))
         state = SavedState(self.reorder.state, consumed)
+        self._saved_consumed = consumed
         for sink in self.sinks:  # files hold what this commit marks as emitted
             sink.flush()
         self._send(self.cfg.state_topic, state.encode(), self.cfg.group.encode(), None)
@@ -588,23 +643,25 @@ class Collector:
         return self._ctx is not None and self._ctx.stop.is_set()
 
     def _balance(self) -> None:
-        """Flow control across partitions, so a backlog cannot fill the cache from a few
-        partitions while the missing ids wait, unread, in another one.
+        """Flow control across partitions: a stream that runs ahead is held back in Kafka
+        (its partition paused) instead of filling the cache while the next ids wait, unread
+        or not yet written, in another one.
 
         A partition pauses when it holds more than its share of the cache (3/4 of cache size /
-        live partitions) and resumes at half that; with a quarter share read per poll none
-        holds more than cache size / partitions. The partition furthest behind (lowest last
-        uniqueId) never pauses, since the next id comes from it, and neither do partitions
-        read to their end. Pausing drops what librdkafka prefetched for the partition, so
-        the rule must not fire on the skew of one record batch: pausing whenever a partition
-        was half a cache ahead did, ~2,000 times per 200,000 benchmark frames.
+        live streams) and resumes at half that; with a quarter share read per poll none holds
+        more than cache size / partitions. The stream furthest behind (lowest highest id) never
+        pauses, since the next id comes from it, and drained streams do not count. Pausing
+        drops what librdkafka prefetched for the partition, so the rule must not fire on the
+        skew of one record batch: pausing whenever a partition was half a cache ahead did,
+        ~2,000 times per 200,000 benchmark frames.
         """
-        live = self._assigned - self._at_end
+        streams = self._streams
+        live = [tp for tp, st in streams.items() if st.drained is None]
         want: set[TP] = set()
         if len(live) > 1:
             share = 3 * self.reorder.cache_size // (4 * len(live))
-            last, cached = self._last_uid, self._cached
-            floor = min(live, key=lambda tp: last.get(tp, -1))
+            cached = self._cached
+            floor = min(live, key=lambda tp: _high(streams[tp]))
             want = {tp for tp in live if tp != floor
                     and cached[tp] > (share // 2 if tp in self._paused else share)}
         if want != self._paused:
@@ -615,20 +672,146 @@ class Collector:
                 self.consumer.pause([TopicPartition(t, p) for t, p in want - self._paused])
             self._paused = want
 
+    # -- the merge: when a stream that holds the others back has nothing more -------------
+
+    def _set_frontier(self) -> None:
+        low, why = frontier(self._streams.values())
+        self.reorder.set_frontier(low, why)
+
+    def _merge(self) -> None:
+        """Mark silent streams that hold the next ids back as drained when they are known to
+        have nothing more (docs/collector.md, "When an id is given up"), then set the
+        frontier."""
+        reorder = self.reorder
+        lowest = reorder.lowest
+        nxt = reorder.state.next_expected
+        if lowest is not None and nxt != lowest:
+            now = time.monotonic()
+            wait = reorder.max_delay
+            for tp, st in self._streams.items():
+                if st.drained is not None or tp not in self._at_end:
+                    continue
+                if st.high is not None and (nxt is None or st.high + 1 >= lowest):
+                    continue  # it does not hold the next id back
+                if now - self._seen_at.get(tp, now) < wait or \
+                        now < self._next_check.get(tp, 0.0):
+                    continue
+                self._next_check[tp] = now + DRAIN_CHECK
+                up = self._upstream(tp)
+                if up is None:
+                    st.drained = DELAY
+                elif self._upstream_done(tp, up):
+                    st.drained = DRAINED
+                if st.drained is not None:
+                    log.info("collector %s: %s[%d] silent for %.1f s and %s; ids it would "
+                             "have carried are given up", self.identity, tp[0], tp[1],
+                             now - self._seen_at.get(tp, now),
+                             "its upstream is unknown" if up is None else
+                             f"{up[1]}[{up[2]}] is processed to its end by group {up[0]}")
+        self._set_frontier()
+
+    def _upstream(self, tp: TP) -> Upstream | None:
+        """The processors' group and input partition feeding ``tp``: from the headers of its
+        last record, or, for a stream that delivered nothing, the same input partition number
+        as its siblings' (processors write output partition = input partition)."""
+        msg = self._last_msg.get(tp)
+        if msg is not None:
+            return _upstream_of(msg)
+        for (topic, part), other in self._last_msg.items():
+            up = _upstream_of(other) if topic == tp[0] else None
+            if up is not None and up[2] == part:
+                return up[0], up[1], tp[1]
+        return None
+
+    def _upstream_done(self, tp: TP, up: Upstream) -> bool:
+        """True when the processors' group has committed its input partition up to its end
+        and this collector has read ``tp`` to its end since: nothing is left upstream for this
+        stream. Any doubt (an error, a timeout, nothing committed) is False: waiting adds
+        latency, giving up would lose frames."""
+        group, topic, part = up
+        try:
+            if self._admin is None:
+                assert self._ctx is not None
+                self._admin = self._ctx.kafka.admin()
+            src = TopicPartition(topic, part)
+            lo, hi = self.consumer.get_watermark_offsets(src, timeout=5, cached=False)
+            fut = self._admin.list_consumer_group_offsets(
+                [ConsumerGroupTopicPartitions(group, [src])], request_timeout=5)[group]
+            committed = [p.offset for p in fut.result(timeout=10).topic_partitions
+                         if p.topic == topic and p.partition == part and p.error is None]
+            done = committed[0] >= hi if committed and committed[0] >= 0 else lo >= hi
+            if not done:
+                return False
+            _lo, end = self.consumer.get_watermark_offsets(TopicPartition(*tp), timeout=5,
+                                                           cached=False)
+            pos = self.consumer.position([TopicPartition(*tp)])[0].offset
+            return pos >= end
+        except (KafkaException, IndexError, TimeoutError) as exc:
+            # e.g. not authorized to describe the processors' group or input topic: the
+            # stream is waited for until it delivers again (logged once per stream)
+            level = logging.DEBUG if tp in self._upstream_warned else logging.WARNING
+            self._upstream_warned.add(tp)
+            log.log(level, "collector %s: cannot tell whether %s[%d] has more to come "
+                    "(group %s, %s[%d]): %s; waiting for it", self.identity, tp[0], tp[1],
+                    group, topic, part, exc)
+            return False
+
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self._assigned.update((p.topic, p.partition) for p in partitions)
+        now = time.monotonic()
+        for p in partitions:
+            self._streams[(p.topic, p.partition)] = Stream()
+            self._seen_at[(p.topic, p.partition)] = now
         if self._replay is not None:
             self._replay.on_assign(consumer, partitions)
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        self._commit()
+        if self._fenced is None:  # a fenced consumer's revoke: _recover committed already
+            self._commit()
         self._on_lost(consumer, partitions)
+
+    def _recover(self, err: KafkaError) -> None:
+        """The consumer was fenced (a static member whose session the group coordinator
+        gave to a newer join with the same ``group.instance.id``: after a broker restart,
+        the collector's own rejoin). It reads nothing more, but the producer and its
+        transaction are intact: commit what was emitted with the state (outputs, next id,
+        consumed positions), drop the cache, and continue with a new consumer from the
+        group's committed offsets, exactly as a restarted collector would from that state:
+        re-read frames already emitted are replays, cached ones are read again."""
+        assert self._ctx is not None
+        log.warning("collector %s: %s; continuing with a new consumer from the committed "
+                    "state", self.identity, err.str())
+        self._commit()  # the input offsets cannot follow (fenced): the state holds them
+        consumed = self._saved_consumed
+        old = self.consumer
+        # forget the old consumer's partitions and everything cached from them
+        self._on_lost(old, [TopicPartition(t, p) for t, p in self._assigned])
+        with contextlib.suppress(KafkaException, RuntimeError):
+            old.close()
+        pending = list(self.reorder.pending())
+        self.reorder.stats.received -= len(pending)  # they are read, and counted, again
+        stats = self.reorder.stats
+        self.reorder = Reorderer(self.reorder.cache_size, self.reorder.max_delay,
+                                 state=self.reorder.state)
+        self.reorder.stats = stats
+        self._cached.clear()
+        self._last_uid.clear()
+        self._paused.clear()
+        self.saved = SavedState(self.reorder.state, consumed)
+        self.consumer = self._ctx.kafka.consumer(self.cfg.group, self._consumer_conf)
+        self.consumer.subscribe(self.cfg.input_topics, on_assign=self._on_assign,
+                                on_revoke=self._on_revoke, on_lost=self._on_lost)
+        self._fenced = None
+        self._recovered_at = time.monotonic()
+        self.recoveries += 1
 
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         gone = [(p.topic, p.partition) for p in partitions]
         self._assigned.difference_update(gone)
         for tp in gone:
             self._cached.pop(tp, None)
+            self._streams.pop(tp, None)
+            self._last_msg.pop(tp, None)
         self._at_end.difference_update(gone)
         self._paused.difference_update(gone)
         if self._replay is not None:
@@ -636,6 +819,32 @@ class Collector:
 
     def _on_stats(self, stats_json: str) -> None:
         self.lag = sum(consumer_lag(stats_json).values())
+
+
+def _fenced(err: KafkaError) -> bool:
+    """A static member fenced by a newer join with its ``group.instance.id`` (librdkafka
+    returns it from consume() as a ``_FATAL`` event naming the id; its ``fatal()`` is
+    False there)."""
+    return err.code() == KafkaError.FENCED_INSTANCE_ID or (
+        (err.fatal() or err.code() == KafkaError._FATAL) and "group.instance.id" in err.str())
+
+
+def _high(st: Stream) -> int:
+    return -1 if st.high is None else st.high
+
+
+def _upstream_of(msg: Message) -> Upstream | None:
+    """(group, topic, partition) from a processor output's ``pf.proc`` and ``pf.in``."""
+    proc = codec.header(msg.headers() or [], PROC_HEADER)
+    src = codec.header(msg.headers() or [], INPUT_HEADER)
+    if not proc or not src:
+        return None
+    try:
+        group = proc.decode().rsplit("/", 1)[0]
+        topic, part = src.decode().rsplit("/", 1)
+        return group, topic, int(part)
+    except (UnicodeDecodeError, ValueError):
+        return None
 
 
 def _partitions(msgs: list[Message]) -> list[TP]:

@@ -24,8 +24,8 @@ STATUS_SCHEMA = StatusSchema(
 COUNTERS = {
     "received": ("pvaflow_collector_frames_received_total", "frames read from the input topics"),
     "emitted": ("pvaflow_collector_frames_emitted_total", "frames written in uniqueId order"),
-    "missed": ("pvaflow_collector_frames_missed_total", "uniqueIds skipped after --max-delay "
-               "or a full cache"),
+    "missed": ("pvaflow_collector_frames_missed_total", "uniqueIds given up: no input partition "
+               "can still deliver them (the status's missed_by says why)"),
     "late": ("pvaflow_collector_frames_late_total", "frames older than the last emitted id"),
     "duplicates": ("pvaflow_collector_frames_duplicate_total", "redelivered frames dropped"),
     "dlq": ("pvaflow_collector_frames_dlq_total", "records sent to the collector's dead-letter "

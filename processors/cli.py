@@ -51,8 +51,12 @@ def build_parser() -> argparse.ArgumentParser:
                    "share frames, distinct groups each see all of them")
     g.add_argument(*flags("--output-topic"), metavar="TOPIC",
                    help="topic for processed frames (key = uniqueId)")
-    g.add_argument("--output-partitions", type=positive_int, default=1, metavar="N",
-                   help="partitions when creating the output topic (default: 1)")
+    g.add_argument("--output-partitions", type=positive_int, metavar="N",
+                   help="partitions when creating the output topic (default: as many as the "
+                   "input topic). With at least as many as the input, each output goes to "
+                   "the partition number of its input, so every output partition holds one "
+                   "input partition's frames in uniqueId order and a collector can merge "
+                   "them without giving ids up; with fewer, outputs are spread by key hash")
     g.add_argument(*flags("--output-channel"), metavar="PV",
                    help="PVA channel serving processed frames ('*' = consumer id)")
     g.add_argument("--output-codec", type=_output_codec, default=SAME, metavar="CODEC",

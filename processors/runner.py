@@ -61,6 +61,10 @@ Record = tuple[bytes, Any, Headers]
 
 KIND = "consumer"
 PROC_HEADER = "pf.proc"  # which consumer produced an output: "group/consumer_id"
+# The input partition an output came from, "topic/partition": with outputs partitioned like
+# the input (the default) the collector knows which upstream partition feeds each of its
+# streams, and can ask whether it has anything more for it.
+INPUT_HEADER = "pf.in"
 POLL = 0.1  # seconds one step waits for records (the lifecycle wants steps of ~0.2 s at most)
 TOPIC_POLL = 0.5  # seconds between looks for the bridge's input topic
 
@@ -71,7 +75,8 @@ class RunnerConfig:
     group: str
     consumer_id: int = 1
     output_topic: str | None = None
-    output_partitions: int = 1
+    # Partitions when creating the output topic; None: as many as the input topic has.
+    output_partitions: int | None = None
     # --output-codec: same (as received; new pixels in the input's codec), none, or a codec
     output_codec: str = SAME
     dlq_topic: str | None = None
@@ -134,6 +139,9 @@ class Runner:
         self._dlq_limit = 0
         self._dlq_refused: list[tuple[Any, list[Any], str, Any]] = []  # resend as references
         self._dlq_reference: set[tuple[str, int, int]] = set()  # origins to reference (EOS)
+        # Output partition = input partition (when the output topic has enough partitions):
+        # each output partition is then one upstream stream in increasing uniqueId order.
+        self.same_partition = False
 
     # -- the clients (made in start) ------------------------------------------------------
 
@@ -181,11 +189,9 @@ class Runner:
         self._ctx = ctx
         try:
             admin = ctx.kafka.admin()
-            for topic, partitions in ((cfg.output_topic, cfg.output_partitions),
-                                      (cfg.dlq_topic, 1)):
-                if topic:
-                    ensure_topic(topic, partitions, admin=admin, strict=False,
-                                 replication=cfg.replication)
+            if cfg.dlq_topic:
+                ensure_topic(cfg.dlq_topic, 1, admin=admin, strict=False,
+                             replication=cfg.replication)
             # The clients before the wait: a refused -X setting is reported at once, not
             # when the bridge finally creates the topic.
             self._consumer = ctx.kafka.consumer(cfg.group, self._consumer_conf(ctx))
@@ -198,10 +204,12 @@ class Runner:
             self._sender = ctx.sender(self._producer, on_full="fail")
             if cfg.exactly_once:
                 self._producer.init_transactions(30)
-            self._wait_for_input(admin)
+            inputs = self._wait_for_input(admin)
             if ctx.stop.is_set():
                 self._release()  # stopped while waiting: nothing was consumed
                 return
+            if cfg.output_topic:
+                self._ensure_output(admin, inputs)
             self.channels = self._make_channels(ctx)
             try:
                 self.plugin.start()
@@ -219,8 +227,24 @@ class Runner:
                  cfg.output_topic or "-", type(self.plugin).__name__,
                  "exactly-once" if cfg.exactly_once else "at-least-once")
 
-    def _wait_for_input(self, admin: AdminClient) -> None:
-        """The bridge creates the frames topic (it owns the partition count): wait for it."""
+    def _ensure_output(self, admin: AdminClient, inputs: int) -> None:
+        """Create the output topic (as many partitions as the input unless
+        ``--output-partitions`` says otherwise) and choose the output partitioning."""
+        cfg = self.cfg
+        assert cfg.output_topic
+        count = ensure_topic(cfg.output_topic, cfg.output_partitions or inputs, admin=admin,
+                             strict=False, replication=cfg.replication)
+        self.same_partition = count >= inputs
+        if not self.same_partition:
+            log.warning("consumer %s: %s has %d partition(s), fewer than the %d of %s: outputs "
+                        "are spread by uniqueId hash, so a collector cannot tell one upstream "
+                        "partition from another and may have to give ids up (create %s with "
+                        ">= %d partitions)", cfg.name, cfg.output_topic, count, inputs,
+                        cfg.input_topic, cfg.output_topic, inputs)
+
+    def _wait_for_input(self, admin: AdminClient) -> int:
+        """The bridge creates the frames topic (it owns the partition count): wait for it and
+        return its partition count (0 if stopped while waiting)."""
         ctx, topic, wait = self.ctx, self.cfg.input_topic, self.cfg.topic_wait
         deadline = time.monotonic() + wait if wait > 0 else float("inf")
         warned = False
@@ -232,7 +256,7 @@ class Runner:
             else:
                 t = meta.topics.get(topic)
                 if t is not None and t.error is None and t.partitions:
-                    return
+                    return len(t.partitions)
             ctx.kafka.health.check()
             if time.monotonic() >= deadline:
                 raise PvaflowError(f"input topic {topic} did not appear within {wait:g} s",
@@ -242,6 +266,7 @@ class Runner:
                 log.info("waiting for topic %s to be created by the bridge", topic)
                 warned = True
             ctx.stop.wait(TOPIC_POLL)
+        return 0
 
     def _make_channels(self, ctx: Context) -> PvaChannels | None:
         cfg = self.cfg
@@ -466,6 +491,9 @@ class Runner:
         at_least_once = not self.cfg.exactly_once
         out_topic, channels = self.cfg.output_topic, self.channels
         policy = self.cfg.output_codec
+        partition = cast(int, msg.partition())
+        source = (INPUT_HEADER, f"{msg.topic()}/{partition}".encode())
+        out_partition = partition if self.same_partition else None
         for out in outs:
             if out_topic or channels is not None:
                 try:  # the output policy (a passthrough's frame is not decoded)
@@ -476,22 +504,24 @@ class Runner:
                     continue
             if out_topic:
                 headers.append(self._proc_header)
+                headers.append(source)
                 if at_least_once:
                     rec.left += 1
-                    self._produce(out_topic, val, key, headers, rec)
+                    self._produce(out_topic, val, key, headers, rec, out_partition)
                 else:
-                    self._produce(out_topic, val, key, headers, None)
+                    self._produce(out_topic, val, key, headers, None, out_partition)
                 stats.bytes_out += val.nbytes
             stats.outputs += 1
             if channels is not None:
                 channels.publish(out)
 
     def _produce(self, topic: str, value: Any, key: bytes | None, headers: Any,
-                 on_delivery: Any) -> None:
+                 on_delivery: Any, partition: int | None = None) -> None:
         """Waits for room as long as it takes (the input is a durable log); a stop or a lost
         cluster raises BufferFull / KafkaUnavailable with the record's offset uncommitted."""
         assert self._sender is not None
-        self._sender.send(topic, value, key, headers=headers, on_delivery=on_delivery)
+        self._sender.send(topic, value, key, partition=partition, headers=headers,
+                          on_delivery=on_delivery)
         self._produced_in_txn += 1
 
     def _dead_letter(self, msg: Message, stage: str, exc: BaseException, rec: Any) -> None:
