@@ -28,6 +28,7 @@ from pvaflow.component import TICK, Context
 from pvaflow.control import ComponentId
 from pvaflow.errors import EXIT_OK, ConfigError, TopicError
 from pvaflow.frame import Frame
+from pvaflow.kafka.consume import take
 from pvaflow.kafka.positions import Positions, ReplaySpec
 from pvaflow.ntnda import ntnda_from_frame
 from pvaflow.status import StatusSchema
@@ -170,7 +171,7 @@ class Mirror:
 
     def step(self) -> None:
         assert self._consumer is not None
-        msgs = self._consumer.consume(BATCH, TICK)
+        msgs = take(self._consumer, BATCH, TICK)
         if self._replay is not None:
             msgs = self._replay.filter(self._consumer, msgs)
             if self._replay.finished():

@@ -41,6 +41,7 @@ from pvaflow.component import Context
 from pvaflow.control import ComponentId
 from pvaflow.dlq import dlq_headers
 from pvaflow.errors import FrameError
+from pvaflow.kafka.consume import take
 from pvaflow.kafka.positions import Positions, ReplaySpec
 from pvaflow.kafka.produce import Sender
 from pvaflow.kafka.topics import Replication, ensure_topic
@@ -217,7 +218,7 @@ class Collector:
             # partitions' room under their shares paused ~750 times per 200,000 benchmark
             # frames (against ~22) and ran slower.
             quarter = self.reorder.cache_size // (4 * max(1, len(self._assigned)))
-            msgs = self.consumer.consume(max(1, min(500, quarter)), 0.05)
+            msgs = take(self.consumer, max(1, min(500, quarter)), 0.05)
             if self._replay is not None:
                 msgs = self._replay.filter(self.consumer, msgs)
             if msgs:

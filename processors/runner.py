@@ -45,6 +45,7 @@ from pvaflow.control import ComponentId
 from pvaflow.dlq import as_reference, dlq_headers, record_size, topic_limit
 from pvaflow.errors import PluginError, PvaflowError
 from pvaflow.frame import Frame
+from pvaflow.kafka.consume import take
 from pvaflow.kafka.positions import Positions, ReplaySpec
 from pvaflow.kafka.produce import Sender
 from pvaflow.kafka.topics import Replication, ensure_topic
@@ -298,7 +299,7 @@ class Runner:
             if cfg.exactly_once and not self._in_txn:
                 producer.begin_transaction()
                 self._in_txn = True
-            msgs = self.consumer.consume(self._batch, POLL)
+            msgs = take(self.consumer, self._batch, POLL)
             if self._replay is not None:
                 msgs = self._replay.filter(self.consumer, msgs)
                 if self._replay.finished():

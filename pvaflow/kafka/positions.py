@@ -49,6 +49,7 @@ from confluent_kafka import (
 
 from ..errors import ConfigError, TopicError
 from .client import Kafka
+from .consume import take
 
 log = logging.getLogger(__name__)
 
@@ -393,7 +394,7 @@ class WindowReader:
         assert consumer is not None, "open() first"
         health = self.kafka.health
         while not self.positions.finished():
-            msgs = self.positions.filter(consumer, consumer.consume(500, 0.5))
+            msgs = self.positions.filter(consumer, take(consumer, 500, 0.5))
             for msg in msgs:
                 err = msg.error()
                 if err is None:

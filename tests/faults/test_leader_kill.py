@@ -33,8 +33,9 @@ log = logging.getLogger(__name__)
 
 FRAMES = 4500          # published by the sim server, then it exits
 FPS = 100              # ~45 s of stream
-# A fresh collector releases nothing until MAX_DELAY has passed (it does not know the first
-# id); the same bound covers the stall of partition 0 while its leader is replaced.
+# Partition 0 stalls while its leader is replaced: a bridge write held up longer than
+# --max-delay with the partition's processing committed to its end would come out "late"
+# (docs/collector.md), so the bound covers the election with room to spare.
 MAX_DELAY = 20
 DOWN_FOR = 10.0        # seconds the killed leader stays down
 BOUND = 240.0
