@@ -64,7 +64,8 @@ DEFAULT_MAX_DELAY = 8
 # stream must outlast that, the kill and the restart.
 STREAM_AFTER_FIRST_OUTPUT = 40  # seconds
 # A restarted monitor (faust) takes a while to serve again: it should do so mid-stream.
-EXTRA_STREAM = {"monitor": 20}
+# The consumer case starts releasing output only after its longer --max-delay.
+EXTRA_STREAM = {"monitor": 20, "consumer": 20}
 CACHE = 10_000  # more than a stalled partition's share of the stream: no cache-full skips
 BOUND = 240.0
 
@@ -181,26 +182,36 @@ def test_component_killed_mid_stream_and_restarted_keeps_an_exact_account(
         st = latest_status(boot, status, "collector", tail=50)
         return bool(st and st["stats"]["emitted"] >= 100)
 
+    phases: dict[str, float] = {}
+
+    def mark(what: str) -> None:  # seconds since the case began, for the account
+        phases[what] = round(time.monotonic() - t_case, 1)
+
     wait_for(flowing, BOUND, "100 ordered frames before the fault", poll=1.0)
+    mark("output_flowing")
     if victim == "consumer":  # the victim holds a partition and has processed frames
         wait_for(lambda: (latest_status(boot, status, f"consumer/gp-{tag}/2") or {})
                  .get("stats", {}).get("processed", 0) > 0, BOUND,
                  "consumer 2 processing", poll=1.0)
     if victim == "monitor":
         wait_for(lambda: (_get_json(url) or {}).get("stages"), BOUND, "the monitor's /status")
-    assert sim.is_running(), "the stream ended before the fault: slow start, raise the frames"
+    assert sim.is_running(), \
+        f"the stream ended before the fault ({phases}): slow start, raise the frames"
 
     name = "consumer2" if victim == "consumer" else victim
     log.info("killing %s", name)
+    mark("killed")
     p.kill_and_restart(name)
     fault_during_stream = sim.is_running()
     if victim == "monitor":  # serves /status again, with the components the table held
         wait_for(lambda: len((_get_json(url) or {}).get("components", [])) >= 4, BOUND,
                  "the restarted monitor's /status")
         monitor_back_during_stream = sim.is_running()
+        mark("monitor_serving_again")
 
     # -- the source publishes its last frame; the bridge delivers everything -------------
     wait_for(lambda: not sim.is_running(), BOUND, "the sim server to publish every frame")
+    mark("stream_ended")
     t_end = time.time()
     p.alive()
 
@@ -241,6 +252,7 @@ def test_component_killed_mid_stream_and_restarted_keeps_an_exact_account(
     acct["bridge"] = _bridge_account(victim, p, boot, status, finals, sent, frames_total)
     acct["consumers"] = _consumer_account(victim, p, boot, status, finals, sent_set, done, eos)
     acct["collector"] = _collector_account(victim, p, boot, status, finals, sent_set, out)
+    acct["phases"] = phases
     acct["seconds"] = round(time.monotonic() - t_case, 1)
     print("component-kill account:", json.dumps(acct))
     log.info("component-kill account: %s", json.dumps(acct))
