@@ -151,3 +151,40 @@ def read_uids(bootstrap: str, topic: str, partitions: int, *,
     finally:
         c.close()
     return ids
+
+
+def status_messages(status_topic: str, bootstrap: str, *, tail: int | None = None,
+                    overrides: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
+    """Every status message on ``status_topic`` (the last ``tail`` records only, when given),
+    in topic order, periodic and final alike."""
+    records, _ = read_partition(status_topic, Kafka(bootstrap, overrides), tail=tail,
+                                timeout=30)
+    out = []
+    for _key, value in records:
+        msg = json.loads(value or b"{}")
+        if isinstance(msg, dict) and msg.get("type") == "status":
+            out.append(msg)
+    return out
+
+
+def latest_status(bootstrap: str, status_topic: str, component: str, *,
+                  before: float | None = None, tail: int | None = 200,
+                  ) -> dict[str, Any] | None:
+    """The newest status message of ``component`` ("kind/group/id", or just a kind), published
+    before the wall-clock time ``before`` when given: with ``before`` set to when a component
+    was killed, the last account its killed run published (it never sends a final one)."""
+    newest = None
+    for msg in status_messages(status_topic, bootstrap, tail=tail):
+        if component not in (msg.get("component"), msg.get("kind")):
+            continue
+        if before is not None and float(msg.get("time", 0)) >= before:
+            continue
+        newest = msg
+    return newest
+
+
+def kill_hard(proc: Proc, timeout: float = 30.0) -> int:
+    """SIGKILL to ``proc``'s whole process group (no final status, no flush, no commit), and
+    wait for it to be gone."""
+    proc.signal(signal.SIGKILL)
+    return proc.wait(timeout)
