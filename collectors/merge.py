@@ -41,13 +41,32 @@ class Stream:
     # been processed to its end (``DRAINED``) or, without a known upstream, silent for
     # --max-delay (``DELAY``). New records make it live again.
     drained: str | None = None
+    # The upstream partition (``pf.in``) its records come from; a second one makes the stream
+    # *mixed* for good: processors that wrote an output topic with fewer partitions than
+    # their input spread outputs by hash, so ids in one partition are no longer increasing
+    # and its highest id says nothing about the ids still to come (the collector then falls
+    # back to the time bound, see :func:`frontier`).
+    source: bytes | None = None
+    mixed: bool = False
+
+    def saw(self, source: bytes | None) -> None:
+        """Note the upstream of one record."""
+        if self.source is None:
+            self.source = source
+        elif source != self.source:
+            self.mixed = True
 
 
-def frontier(streams: Iterable[Stream]) -> tuple[float, str]:
+def frontier(streams: Iterable[Stream]) -> tuple[float, str] | None:
     """The lowest id any live stream may still deliver, and why the others do not hold it
     back (``PASSED`` unless a drained stream was left out). ``-inf``: a live stream has
-    delivered nothing yet; ``inf``: every stream is drained."""
+    delivered nothing yet; ``inf``: every stream is drained. ``None``: a stream is mixed,
+    nothing can be known from the streams' highest ids, and the reorderer's time bound
+    (``--max-delay``) decides, as it does for any plain mixed input."""
     low, why = INF, PASSED
+    streams = list(streams)
+    if any(s.mixed for s in streams):
+        return None
     for s in streams:
         if s.drained is not None:
             if why == PASSED or s.drained == DELAY:  # the weaker reason names a give-up

@@ -33,7 +33,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
-from .merge import CACHE, DELAY, END, INF, PASSED, IntervalSet
+from .merge import CACHE, DELAY, END, INF, IntervalSet
 
 T = TypeVar("T")
 
@@ -117,11 +117,12 @@ class Reorderer(Generic[T]):
         # The merge rule's frontier and why (see set_frontier); None: the time bound.
         self._frontier: tuple[float, str] | None = None
 
-    def set_frontier(self, low: float, why: str = PASSED) -> None:
-        """Use the merge rule: ids below ``low`` that have not arrived will not come
-        (``-inf``: nothing is known yet; ``inf``: no stream will deliver anything more).
-        ``why`` names the give-ups it causes in ``stats.missed_by``."""
-        self._frontier = (low, why)
+    def set_frontier(self, frontier: tuple[float, str] | None) -> None:
+        """Use the merge rule: ids below ``low`` of ``(low, why)`` that have not arrived will
+        not come (``-inf``: nothing is known yet; ``inf``: no stream will deliver anything
+        more); ``why`` names the give-ups it causes in ``stats.missed_by``. ``None``: the
+        time bound instead."""
+        self._frontier = frontier
 
     # -- queries ---------------------------------------------------------------------------
 

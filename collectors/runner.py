@@ -427,6 +427,18 @@ class Collector:
         self._last_msg.update(zip(tps, msgs, strict=True))
         now = time.monotonic()
         streams = self._streams
+        for tp, msg in zip(tps, msgs, strict=True):
+            st = streams.get(tp)
+            if st is not None and not st.mixed:
+                st.saw(codec.header(msg.headers() or [], INPUT_HEADER))
+                if st.mixed:
+                    log.warning(
+                        "collector %s: %s[%d] carries outputs of more than one upstream "
+                        "partition (the processors' output topic has fewer partitions than "
+                        "their input): its ids are not in order, so gaps are given up after "
+                        "--max-delay (%g s) as for any mixed input; give the output topic as "
+                        "many partitions as the input", self.identity, tp[0], tp[1],
+                        self.reorder.max_delay)
         for tp, uid in last.items():  # a few partitions per poll
             st = streams.get(tp)
             if st is not None:  # (not if its partition was revoked meanwhile)
@@ -676,8 +688,7 @@ class Collector:
     # -- the merge: when a stream that holds the others back has nothing more -------------
 
     def _set_frontier(self) -> None:
-        low, why = frontier(self._streams.values())
-        self.reorder.set_frontier(low, why)
+        self.reorder.set_frontier(frontier(self._streams.values()))
 
     def _merge(self) -> None:
         """Mark silent streams that hold the next ids back as drained when they are known to

@@ -43,7 +43,7 @@ from pvaflow.component import as_pvaflow_error, run_command
 from pvaflow.control import STATUS_TOPIC
 from pvaflow.kafka.aio import AioSettings
 from pvaflow.kafka.client import Kafka
-from pvaflow.kafka.topics import ensure_topic
+from pvaflow.kafka.topics import Replication, broker_default_replication, ensure_topic
 from pvaflow.options import Parser, add_kafka_args, add_run_args, parse, set_log_identity
 from pvaflow.status import STAGE_ORDER, StatusSchema, generic
 
@@ -54,6 +54,7 @@ log = logging.getLogger(__name__)
 
 APP_ID = "pvaflow-monitor"
 STALE_AFTER = 30.0
+SESSION_TIMEOUT = 10.0  # seconds; see build_app
 PROM_CONTENT_TYPE = "text/plain; version=0.0.4"
 
 
@@ -250,7 +251,7 @@ def build_app(
     kafka: AioSettings | str, *, app_id: str = APP_ID, status_topic: str = STATUS_TOPIC,
     web_host: str = "127.0.0.1", web_port: int = 6066, stale_after: float = STALE_AFTER,
     data_dir: str | None = None, thumbnails: Thumbnails | None = None,
-    kafka_check: Callable[[], str | None] | None = None,
+    kafka_check: Callable[[], str | None] | None = None, replication: int = 1,
 ) -> tuple[Any, Callable[[], dict[str, Any]]]:
     """The faust app and a function returning the current view (for other exporters).
 
@@ -258,7 +259,12 @@ def build_app(
     same ``-b`` / ``-X`` / ``PVAFLOW_KAFKA_*`` settings every command reads), or is a plain
     bootstrap string for a PLAINTEXT cluster. ``thumbnails`` feeds the status page's
     pictures (:mod:`pvaflow.ops.page`). ``kafka_check`` (blocking; run off the event
-    loop) returns why Kafka is not usable, or None, for ``/readyz``.
+    loop) returns why Kafka is not usable, or None, for ``/readyz``. ``replication`` is the
+    replication factor of the Table's changelog topic.
+
+    The group session timeout is 10 s, not faust's 60: a monitor restarted after a crash
+    (SIGKILL, a node lost) waits for the dead member's session to end before it is given the
+    status topic again, and showed nothing for a minute.
     """
     import faust
 
@@ -270,8 +276,9 @@ def build_app(
     os.makedirs(data_dir, exist_ok=True)
     app = faust.App(
         app_id, **aio.faust_settings(), store="memory://", web_host=web_host,
-        web_port=web_port, web_enabled=True, topic_replication_factor=1, topic_partitions=1,
-        consumer_auto_offset_reset="earliest",
+        web_port=web_port, web_enabled=True, topic_replication_factor=replication,
+        topic_partitions=1, consumer_auto_offset_reset="earliest",
+        broker_session_timeout=SESSION_TIMEOUT,
         datadir=data_dir,
     )
     topic = app.topic(status_topic, key_type=bytes, value_type=bytes, key_serializer="raw",
@@ -382,20 +389,26 @@ def build_parser() -> Parser:
     return p
 
 
-def prepare(args: Any) -> AioSettings:
+def prepare(args: Any) -> tuple[AioSettings, int]:
     """Everything before the faust worker starts, with the settings every command uses: the
     asyncio clients' settings (a setting they cannot honour is a ConfigError), the cluster's
-    reachability (KafkaUnavailable, exit 3) and the status topic."""
+    reachability (KafkaUnavailable, exit 3), the status topic, and the replication factor
+    for faust's changelog topic (``--replication-factor``, else the broker's default, as
+    for every topic pvaflow creates)."""
     kafka = Kafka.from_args(args)
     aio = AioSettings.from_kafka(kafka)
     aio.log_ignored()
     kafka.check_reachable()
+    replication = Replication.from_args(args)
     try:
-        ensure_topic(args.status_topic, 1, admin=kafka.admin(), strict=False)
+        admin = kafka.admin()
+        ensure_topic(args.status_topic, 1, admin=admin, strict=False, replication=replication)
+        factor = replication.factor if replication.factor > 0 else (
+            broker_default_replication(admin) or 1)
     except KafkaException as exc:
         raise as_pvaflow_error(exc, kafka) from None
     log.info("monitor: Kafka %s, status topic %s", aio.describe(), args.status_topic)
-    return aio
+    return aio, factor
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -405,13 +418,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     def body() -> int:
         set_log_identity("monitor", args.app_id,
                          os.environ.get("POD_NAME") or socket.gethostname())
-        aio = prepare(args)
-        return serve(args, aio)
+        aio, replication = prepare(args)
+        return serve(args, aio, replication)
 
     return run_command(prog, body)
 
 
-def serve(args: Any, aio: AioSettings) -> int:
+def serve(args: Any, aio: AioSettings, replication: int = 1) -> int:
     """Run the faust worker until it is stopped (SIGINT/SIGTERM, or ``--runtime``)."""
     import faust
 
@@ -421,7 +434,8 @@ def serve(args: Any, aio: AioSettings) -> int:
                           web_host=args.web_host, web_port=args.web_port,
                           stale_after=args.stale_after, data_dir=args.data_dir,
                           thumbnails=thumbnails,
-                          kafka_check=kafka_checker(Kafka.from_args(args), args.status_topic))
+                          kafka_check=kafka_checker(Kafka.from_args(args), args.status_topic),
+                          replication=replication)
     if args.metrics_port is not None:
         from prometheus_client import REGISTRY
 

@@ -29,6 +29,39 @@ def test_frontier_is_the_lowest_id_a_live_stream_may_still_deliver() -> None:
     assert frontier([Stream(10), Stream(None, DRAINED)]) == (11, DRAINED)
     assert frontier([Stream(3, DRAINED), Stream(None, DELAY), Stream(7)]) == (8, DELAY)
     assert frontier([Stream(3, DRAINED)]) == (INF, DRAINED)
+    assert frontier([Stream(10), Stream(4, mixed=True)]) is None  # the time bound decides
+
+
+def test_a_second_upstream_makes_a_stream_mixed_for_good() -> None:
+    stream = Stream()
+    stream.saw(b"frames/0")
+    stream.saw(b"frames/0")
+    assert not stream.mixed
+    stream.saw(b"frames/1")
+    stream.saw(b"frames/0")
+    assert stream.mixed
+
+
+def test_a_mixed_stream_gives_gaps_up_only_after_the_time_bound() -> None:
+    """Two upstreams hashed into one partition, ids arriving 2, 1 | 4, 6 | 3, 5: under the
+    merge rule 3 would be given up once 4 arrived (and 5 once 6 did), though both come
+    later; a mixed stream leaves gaps to the time bound (--max-delay) and nothing is lost."""
+    stream = Stream()
+    r: Reorderer[int] = Reorderer(1000, 5.0)
+    out: list[int] = []
+    polls = [[(2, b"in/1"), (1, b"in/0")], [(4, b"in/1"), (6, b"in/1")],
+             [(3, b"in/0"), (5, b"in/0")]]
+    for t, poll in enumerate(polls):
+        for uid, src in poll:
+            stream.saw(src)
+            stream.high = uid if stream.high is None else max(stream.high, uid)
+        r.set_frontier(frontier([stream]))
+        uids = [u for u, _ in poll]
+        out += [u for u, _ in r.push_many(uids, uids, now=float(t))[1]]
+        out += [u for u, _ in r.release(now=float(t))]
+    out += [u for u, _ in r.release(now=10.0)]  # the fresh start's wait is over
+    assert stream.mixed and out == [1, 2, 3, 4, 5, 6] and r.stats.missed == 0
+    assert frontier([Stream(2), Stream(4)]) == (3, PASSED)  # not mixed: 3 would be gone
 
 
 class Merge:
@@ -44,7 +77,7 @@ class Merge:
         if uids:
             st_.high = max(uids[-1], st_.high if st_.high is not None else uids[-1])
             st_.drained = None
-        self.r.set_frontier(*frontier(self.streams))
+        self.r.set_frontier(frontier(self.streams))
         self.out += [u for u, _ in self.r.push_many(uids, uids, now=0.0)[1]]
         self.out += [u for u, _ in self.r.release(now=0.0)]
 
