@@ -12,7 +12,7 @@ the queues, caches and the allocator's pools up to their bounds; docs/operations
 memory" lists them). The table gives each process's RSS after warm-up, at the end and its
 peak, and the slope between (MiB per minute, least squares).
 
-    .venv/bin/python -m benchmarks.soak                     # 10 min at 250 fps, 128x128
+    .venv/bin/python -m benchmarks.soak                     # 10 min at 500 fps, 128x128
     .venv/bin/python -m benchmarks.soak --minutes 1 --rate 50   # a smoke run
     .venv/bin/python -m benchmarks.soak --render            # rewrite the doc from the JSON
 """
@@ -257,8 +257,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--minutes", type=float, default=10.0, help="publishing time (default 10)")
-    ap.add_argument("--rate", type=float, default=250.0,
-                    help="frames per second (default 250: half the 128x128 zero-loss rate)")
+    ap.add_argument("--rate", type=float, default=500.0,
+                    help="frames per second (default 500: half the 128x128 zero-loss rate)")
     ap.add_argument("--size", type=int, default=128, help="frame side in pixels (default 128)")
     ap.add_argument("--render", action="store_true", help="only rewrite doc and plot")
     a = ap.parse_args(argv)
