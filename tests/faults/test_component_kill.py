@@ -151,7 +151,8 @@ def test_component_killed_mid_stream_and_restarted_keeps_an_exact_account(
     # case keeps the processed topic at one partition, where both consumers' outputs mix and
     # the collector must fall back to --max-delay for that stream and still lose nothing.
     frames = make_topic(2, suffix="frames")
-    processed = make_topic(1 if victim == "monitor" else 2, suffix="processed")
+    processed_partitions = 1 if victim == "monitor" else 2
+    processed = make_topic(processed_partitions, suffix="processed")
     ordered, status = make_topic(1, suffix="ordered"), make_topic(1, suffix="status")
     control, state = make_topic(1, suffix="control"), make_topic(
         1, suffix="state", config={"cleanup.policy": "compact"})
@@ -246,7 +247,7 @@ def test_component_killed_mid_stream_and_restarted_keeps_an_exact_account(
     p.stop("collector")
 
     out = read_uids(boot, ordered, 1, timeout=BOUND)
-    done = read_uids(boot, processed, 1, timeout=BOUND)
+    done = read_uids(boot, processed, processed_partitions, timeout=BOUND)
     msgs = status_messages(status, boot)
     finals = {m["component"]: m for m in msgs if m.get("final")}
 
