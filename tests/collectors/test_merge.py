@@ -223,3 +223,19 @@ def test_state_round_trips_the_intervals() -> None:
     st_.missed.add(6, 6)
     again = ReorderState.from_json(st_.to_json())
     assert list(again.missed) == [(2, 4), (6, 6)] and 3 in again.missed and 5 not in again.missed
+
+
+def test_the_arrival_record_stays_bounded_under_the_merge_rule() -> None:
+    """The reorderer notes when each batch arrived (for --max-delay); under the merge rule
+    nothing read that note back, and it grew by an entry per poll (the soak benchmark's
+    collector gained ~1.4 MiB a minute at 500 fps)."""
+    r: Reorderer[int] = Reorderer(1000, 5.0)
+    stream = Stream()
+    for batch in range(20_000):
+        uids = [2 * batch + 1, 2 * batch + 2]
+        stream.high = uids[-1]
+        r.set_frontier(frontier([stream]))
+        r.push_many(uids, uids, now=float(batch))
+        r.release(now=float(batch))
+    assert r.stats.emitted == 40_000 and r.depth == 0
+    assert len(r._arrivals) < 100
