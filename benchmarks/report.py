@@ -35,10 +35,11 @@ def median_rate(fn: Callable[[], int], repeats: int = 5, min_seconds: float = 0.
     return statistics.median(rates)
 
 
-def rss_mib(field: str = "VmHWM") -> float:
-    """This process's peak (``VmHWM``) or current (``VmRSS``) RSS in MiB, from /proc;
-    ``ru_maxrss`` would carry the parent's peak across fork + exec."""
-    with open("/proc/self/status") as fh:
+def rss_mib(field: str = "VmHWM", pid: int | str = "self") -> float:
+    """A process's peak (``VmHWM``) or current (``VmRSS``) RSS in MiB, from /proc (this
+    process by default; ``ru_maxrss`` would carry the parent's peak across fork + exec).
+    A process that has gone raises OSError."""
+    with open(f"/proc/{pid}/status") as fh:
         for line in fh:
             if line.startswith(field + ":"):
                 return int(line.split()[1]) / 1024

@@ -20,6 +20,7 @@ peak, and the slope between (MiB per minute, least squares).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -37,22 +38,19 @@ import numpy as np
 
 from benchmarks.bridge import free_tcp_port, pva_env
 from benchmarks.pipeline import PY, VENV_BIN, _ready, last_int, spawn, stop, wait_until
-from benchmarks.report import IMG, RESULTS, children, load_average, table, write_section
+from benchmarks.report import (
+    IMG,
+    RESULTS,
+    children,
+    load_average,
+    rss_mib,
+    table,
+    write_section,
+)
 
 SAMPLE_EVERY = 5.0
 WARM_UP = 120.0  # seconds before the slope is fitted: queues and pools fill up first
 PARTITIONS = 2
-
-
-def rss_mib(pid: int) -> float | None:
-    try:
-        with open(f"/proc/{pid}/status") as fh:
-            for line in fh:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        return None
-    return None
 
 
 def final_statuses(bootstrap: str, status_topic: str) -> list[dict[str, Any]]:
@@ -124,9 +122,8 @@ def soak(minutes: float, rate: float, nx: int, workdir: Path, bootstrap: str,
         while procs["sim"].poll() is None:
             now = time.monotonic() - t0
             for name, pid in watched.items():
-                r = rss_mib(pid)
-                if r is not None:
-                    samples[name].append((round(now, 1), round(r, 1)))
+                with contextlib.suppress(OSError):  # gone (ended early): no sample
+                    samples[name].append((round(now, 1), round(rss_mib("VmRSS", pid), 1)))
             loads.append(load_average())
             if time.monotonic() >= next_print:
                 row = "  ".join(f"{k} {v[-1][1]:.0f}" for k, v in samples.items() if v)

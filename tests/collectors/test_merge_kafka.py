@@ -38,6 +38,26 @@ def collector(procs, b, processed, ordered, group, ctl, *extra):
                  *ctl, *extra)
 
 
+def paced_feed(b: str, topic: str, n: int, batch: int, pause: float
+               ) -> tuple[threading.Thread, list[int]]:
+    """Frames 1..n into ``topic``'s 2 partitions, ``batch`` at a time with ``pause`` between,
+    from a started thread; the list holds how many were produced so far."""
+    fed = [0]
+
+    def feed() -> None:
+        for k in range(1, n + 1, batch):
+            fed[0] += produce_frames(b, topic, range(k, min(k + batch, n + 1)), partitions=2)
+            time.sleep(pause)
+
+    feeder = threading.Thread(target=feed)
+    feeder.start()
+    return feeder, fed
+
+
+def flowing(b: str, topic: str, count: int) -> bool:
+    return len(read_records(b, topic, lambda r: len(r) >= count, 5)) >= count
+
+
 def test_two_consumers_far_apart_every_frame_in_order_none_missed(
         kafka_bootstrap, make_topic, procs, ctl):
     """One consumer is fast, the other slow: their streams end up thousands of ids apart,
@@ -99,20 +119,10 @@ def test_one_consumer_of_two_killed_mid_stream_every_id_once_in_order(
                       "--processor-args", '{"max_delay": 0.002}', "--commit-interval", "3")
     wait_for(lambda: HOLDS.search(victim.text()), 90, "the second consumer to hold a partition")
 
-    fed = [0]
-
-    def feed() -> None:  # ~400 frames/s for ~10 s
-        for k in range(1, n + 1, 40):
-            fed[0] += produce_frames(kafka_bootstrap, frames, range(k, min(k + 40, n + 1)),
-                                     partitions=2)
-            time.sleep(0.1)
-
-    feeder = threading.Thread(target=feed)
-    feeder.start()
+    feeder, fed = paced_feed(kafka_bootstrap, frames, n, 40, 0.1)  # ~400 frames/s, ~10 s
     try:
-        wait_for(lambda: len(read_records(kafka_bootstrap, ordered,
-                                          lambda r: len(r) >= 800, 5)) >= 800,
-                 60, "output flowing before the kill")
+        wait_for(lambda: flowing(kafka_bootstrap, ordered, 800), 60,
+                 "output flowing before the kill")
         victim.kill()  # SIGKILL: its uncommitted frames are processed again by the survivor
         killed_at = fed[0]
     finally:
@@ -140,18 +150,9 @@ def test_a_fenced_collector_consumer_is_replaced_and_nothing_is_lost_or_repeated
     n, group = 3000, f"g-{ordered}"
     col = collector(procs, kafka_bootstrap, processed, ordered, group, ctl)
 
-    def feed() -> None:
-        for k in range(1, n + 1, 50):
-            produce_frames(kafka_bootstrap, processed, range(k, min(k + 50, n + 1)),
-                           partitions=2)
-            time.sleep(0.05)
-
-    feeder = threading.Thread(target=feed)
-    feeder.start()
+    feeder, _fed = paced_feed(kafka_bootstrap, processed, n, 50, 0.05)
     try:
-        wait_for(lambda: len(read_records(kafka_bootstrap, ordered,
-                                          lambda r: len(r) >= 300, 5)) >= 300,
-                 60, "output flowing")
+        wait_for(lambda: flowing(kafka_bootstrap, ordered, 300), 60, "output flowing")
         # the same client settings as the collector's own consumer, the same static id
         intruder = Kafka(kafka_bootstrap).consumer(group, **{
             "group.instance.id": "collector-1", "enable.auto.commit": False})
