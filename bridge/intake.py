@@ -7,7 +7,7 @@ from dataclasses import replace
 from typing import Any
 
 from pvaflow import codec
-from pvaflow.codec import FrameError, Headers
+from pvaflow.codec import SESSION_HEADER, FrameError, Headers
 from pvaflow.frame import Frame
 from pvaflow.ntnda import frame_from_ntnda
 
@@ -22,7 +22,6 @@ from .stats import ChannelStats
 log = logging.getLogger(__name__)
 
 FORMATS = ("native", "ad00")
-SESSION_HEADER = "pf.bsid"
 
 
 class Intake:

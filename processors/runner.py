@@ -31,6 +31,7 @@ import contextlib
 import logging
 import pprint
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -38,7 +39,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Produ
 from confluent_kafka.admin import AdminClient
 from prometheus_client.registry import Collector
 
-from pvaflow.codec import FrameError, Headers, decode, decode_key, encode, header
+from pvaflow.codec import SESSION_HEADER, FrameError, Headers, decode, decode_key, encode, header
 from pvaflow.codecs import SAME, encode_frame
 from pvaflow.component import Context
 from pvaflow.control import ComponentId
@@ -394,11 +395,11 @@ class Runner:
                 stats.decode_errors += 1
                 seq = _sequence(msg)  # it arrived: not a gap, whatever else is wrong with it
                 if seq >= 0:
-                    stats.partition(topic, part).see(seq)
+                    stats.partition(topic, part).see(seq, _session(msg))
                 self._dead_letter(msg, "decode", exc, rec)
                 continue
             if frame.sequence >= 0:
-                stats.partition(topic, part).see(frame.sequence)
+                stats.partition(topic, part).see(frame.sequence, _session(msg))
             if oid_field == "uniqueId":
                 stats.saw_uid(frame.unique_id)
             else:
@@ -801,6 +802,11 @@ class _DlqRefused:
             return
         if self.rec is not None:
             self.rec(err, msg)
+
+
+def _session(msg: Message) -> Callable[[], bytes | None]:
+    """Reads the record's bridge session, when :class:`PartitionSeq` asks (rarely)."""
+    return lambda: header(msg.headers() or [], SESSION_HEADER)
 
 
 def _sequence(msg: Message) -> int:

@@ -71,23 +71,32 @@ class Histogram:
 
 
 class PartitionSeq:
-    """Per-partition sequence check: the bridge numbers records 0,1,2,... per partition."""
+    """Per-partition sequence check: the bridge numbers records 0,1,2,... per partition.
 
-    __slots__ = ("gaps", "last", "repeats")
+    A restarted bridge numbers from 0 again under a new session (``pf.bsid``), so a number
+    that is not ahead of the last one is a redelivery only within one session; across
+    sessions the count restarts. The session header is read only then and on a partition's
+    first record, which keeps the per-record cost at an integer compare.
+    """
+
+    __slots__ = ("gaps", "last", "repeats", "session")
 
     def __init__(self) -> None:
         self.last = -1
         self.gaps = 0
         self.repeats = 0
+        self.session: bytes | None = None
 
-    def see(self, seq: int) -> None:
+    def see(self, seq: int, session: Callable[[], bytes | None]) -> None:
+        """Count ``seq``; ``session`` reads the record's bridge session when it is needed."""
         last = self.last
-        if last >= 0:
-            if seq > last + 1:
-                self.gaps += seq - last - 1
-            elif seq <= last:
-                self.repeats += 1  # a redelivery after a rebalance or restart, not a loss
-                return
+        if last >= 0 and seq > last:
+            self.gaps += seq - last - 1
+        elif last >= 0 and session() == self.session:
+            self.repeats += 1  # a redelivery after a rebalance or restart, not a loss
+            return
+        else:  # a partition's first record, or a new bridge session numbering from 0
+            self.session = session()
         self.last = seq
 
 

@@ -31,6 +31,8 @@ from .frame import (
 
 FORMAT_VERSION = 1
 HEADER_PREFIX = "pf."
+# The bridge run that numbered a record's pf.seq: a restarted bridge numbers from 0 again.
+SESSION_HEADER = "pf.bsid"
 _KEY = struct.Struct(">Q")
 _DTYPES = {dt.str.lstrip("<>|="): dt for dt in SUPPORTED_DTYPES}
 

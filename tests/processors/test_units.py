@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -64,11 +65,30 @@ def test_commit_limited_to_revoked_partitions_and_drop() -> None:
 def test_partition_sequence_gaps_and_repeats() -> None:
     p = PartitionSeq()
     for s in (0, 1, 2, 5, 6, 6, 3, 7):
-        p.see(s)
+        p.see(s, lambda: b"run1")
     assert (p.gaps, p.repeats, p.last) == (2, 2, 7)
     q = PartitionSeq()
-    q.see(40)  # a consumer joining mid-stream starts wherever the group's offset is
+    q.see(40, lambda: b"run1")  # a consumer joining mid-stream starts wherever the offset is
     assert q.gaps == 0
+
+
+def test_a_restarted_bridge_is_a_new_sequence_not_repeats() -> None:
+    """A restarted bridge numbers each partition from 0 under a new session: neither its
+    records are repeats nor a gap in them goes unseen."""
+    p = PartitionSeq()
+    reads = []
+
+    def session(name: bytes) -> Callable[[], bytes]:
+        return lambda: reads.append(name) or name
+
+    for s in range(100):
+        p.see(s, session(b"run1"))
+    assert reads == [b"run1"]  # read once, on the partition's first record
+    for s in (0, 1, 2, 4):
+        p.see(s, session(b"run2"))
+    assert (p.gaps, p.repeats, p.last) == (1, 0, 4)
+    p.see(4, session(b"run2"))  # and within the new session a redelivery is one again
+    assert p.repeats == 1
 
 
 def test_histogram_buckets_are_cumulative() -> None:
@@ -84,8 +104,8 @@ def test_snapshot_has_the_keys_the_monitor_aggregates() -> None:
     s.received, s.processed = 3, 2
     s.saw_uid(5)
     s.saw_uid(9)
-    s.partition("t", 0).see(0)
-    s.partition("t", 0).see(3)
+    s.partition("t", 0).see(0, lambda: b"run1")
+    s.partition("t", 0).see(3, lambda: b"run1")
     snap = s.snapshot()
     for key in ("received", "processed", "errors", "dlq", "first_unique_id",
                 "last_unique_id", "sequence_gaps", "lag", "rate"):
