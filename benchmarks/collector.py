@@ -211,9 +211,9 @@ bound is {CACHE} frames
 ({CACHE * FRAME_BYTES / 2**20:.0f} MiB of 16 KiB frames); frames skipped as missed in these runs:
 {missed} (flow control pauses partitions that hold more than their share of the cache
 instead of letting them overflow it).
-The peak depth is reached at start-up: without saved state the collector does not know the
-first uniqueId, so it holds frames until the cache is full (or `--max-delay` passes) and then
-starts at the lowest; after that the depth stays far lower. The machine is shared and noisy:
+The collector merges its input partitions as streams in uniqueId order (docs/collector.md), so
+the cache holds what one partition has delivered ahead of the others; a partition that runs
+ahead by its share of the cache is paused. The machine is shared and noisy:
 the per-run rates are in `benchmarks/results/collector.json`. Writing every frame again to an
 ordered topic inside Kafka transactions costs far more than the reordering itself on this
 2-core machine (the broker shares the cores).

@@ -366,13 +366,13 @@ def _json_line(text: str) -> dict[str, Any]:
     return {}
 
 
-STEADY_AFTER_MS = 6000.0  # the collector's default --max-delay (5 s) and a second
+STEADY_AFTER_MS = 6000.0  # start-up: group joins, first fetches, warm caches
 
 
 def summary(pairs: Sequence[tuple[float, float]]) -> dict[str, float] | None:
     """Percentiles of (source ms, latency ms) pairs: all of them, and the steady state: frames
-    sourced more than STEADY_AFTER_MS after the first one (a pvaflow collector without saved
-    state holds the first frames until its cache fills or --max-delay passes)."""
+    sourced more than STEADY_AFTER_MS after the first one (before that, the consumers and
+    the collector are still joining their groups and making their first fetches)."""
     if not pairs:
         return None
     lat = [x for _, x in pairs]
@@ -698,7 +698,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 else:
                     half = top["rate"] / 2
                     t = trial(pipe, cfg, latency=True)(half)
-                    t.seconds = max(seconds, 15.0)  # steady state after the start-up hold
+                    t.seconds = max(seconds, 15.0)  # room for a steady state after start-up
                     r = t.run()
                     entry["latency"][pipe] = {"rate": half, "ok": r["ok"], "load": r["load"],
                                               **(r.get("latency_ms") or {})}
@@ -892,8 +892,9 @@ record in the collector's ordered topic (set when the collector produced it) min
 EPICS timestamp; bare: arrival in the bare consumer minus the producer's record timestamp.
 
 Steady state counts the frames sourced more than {STEADY_AFTER_MS / 1000:g} s after the first
-(a pvaflow collector that starts without saved state holds the first frames until its cache
-fills or `--max-delay`, 5 s by default, passes; "all" includes that start-up hold). Latency
+(before that, consumers and collector are still joining their groups; "all" includes that
+start-up, and, in runs before the collector's merge rule, its hold of the first frames until
+its cache filled or `--max-delay` passed). Latency
 trials publish for {max(data['seconds'], 15.0) if not data.get('quick') else data['seconds']:g} s.
 
 {table(["frames", "pipeline", "fps", "p50 steady", "p99 steady", "n steady", "p50 all",
@@ -992,7 +993,7 @@ rises, so medians over different rates favour the faster pipeline):
        rows_cpu)}
 
 Latency at half the zero-loss rate, source timestamp -> out of the collector (ms; steady
-state as above, "p99 all" includes the collector's start-up hold):
+state as above, "p99 all" includes start-up):
 
 {table(["frames", "run", "pipeline", "fps", "p50", "p99", "p99 all"], rows_lat)}
 
