@@ -5,11 +5,7 @@ pixels are the rotated source pixels."""
 
 from __future__ import annotations
 
-import contextlib
-import os
 import re
-import signal
-import subprocess
 import sys
 import uuid
 from collections.abc import Callable, Iterator
@@ -23,36 +19,12 @@ import pytest
 from confluent_kafka.admin import AdminClient
 from pvaflow.ops.synthetic import DATASET, write_hdf5
 
+from tests.procs import Proc, wait_for
+
 pytestmark = pytest.mark.integration
 
 FRAMES = 20
 NO_CONTROL = ("--control-topic", "", "--status-topic", "")
-
-
-class Proc:
-    """A pvaflow command in its own session, its output in a log file; stopped by its pid."""
-
-    def __init__(self, name: str, module: str, args: list[str], log_dir: Path) -> None:
-        self.log = log_dir / f"{name}.log"
-        with open(self.log, "wb") as out:
-            self.proc = subprocess.Popen([sys.executable, "-m", module, *args], stdout=out,
-                                         stderr=subprocess.STDOUT, env=dict(os.environ),
-                                         start_new_session=True)
-
-    def text(self) -> str:
-        return self.log.read_text(errors="replace")
-
-    def stop(self, timeout: float = 60.0) -> int:
-        if self.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(10)
-        return self.proc.returncode
 
 
 @pytest.fixture
@@ -60,26 +32,13 @@ def run(tmp_path: Path) -> Iterator[Callable[..., Proc]]:
     started: list[Proc] = []
 
     def start(name: str, module: str, *args: str) -> Proc:
-        p = Proc(name, module, list(args), tmp_path)
+        p = Proc([sys.executable, "-m", module, *args], tmp_path / f"{name}.log")
         started.append(p)
         return p
 
     yield start
     for p in reversed(started):
-        p.stop()
-
-
-def wait_for(cond: Callable[[], Any], timeout: float, what: str, procs: list[Proc]) -> Any:
-    import time
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        v = cond()
-        if v:
-            return v
-        time.sleep(0.3)
-    logs = "\n".join(f"--- {p.log.name}\n{p.text()[-2000:]}" for p in procs)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}\n{logs}")
+        p.stop(60)
 
 
 def group_ready(admin: AdminClient, group: str, members: int, partitions: int) -> bool:
@@ -112,7 +71,7 @@ def test_bslz4_stream_bridge_rotate_consumers_collector_to_hdf5(
                     *b, *NO_CONTROL)
     admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
     wait_for(lambda: group_ready(admin, group, 2, 2), 120, "two consumers sharing 2 "
-             "partitions", [consumers])
+             "partitions", logs=[consumers])
     # The bridge connects during the server's start delay; frames flow at a modest rate.
     sim = sim_server(fps=4, total_frames=FRAMES, start_delay=8.0,
                      extra_args=["-if", str(source), "-hds", DATASET, "-hcm"])
@@ -124,7 +83,7 @@ def test_bslz4_stream_bridge_rotate_consumers_collector_to_hdf5(
         found = re.findall(r"emitted (\d+)", collector.text())
         return int(found[-1]) if found else 0
 
-    wait_for(lambda: emitted() >= FRAMES, 180, f"the collector to emit {FRAMES} frames", procs)
+    wait_for(lambda: emitted() >= FRAMES, 180, f"the collector to emit {FRAMES} frames", logs=procs)
     assert collector.stop() == 0, collector.text()[-3000:]
     for p in (bridge, consumers):
         p.stop()

@@ -167,9 +167,9 @@ def test_monitor_with_x_settings_serves_schema_driven_stages(
                 status_topic, "--app-id", app_id, "--web-port", str(port),
                 "-X", "security.protocol=PLAINTEXT", "-X", "client.id=mon-test",
                 "-X", "linger.ms=1")
-    wait_for(lambda: _get(url + "/status") is not None or mon.proc.poll() is not None, 120,
+    wait_for(lambda: _get(url + "/status") is not None or mon.poll() is not None, 120,
              "the monitor's web server")
-    assert mon.proc.poll() is None, mon.text()
+    assert mon.poll() is None, mon.text()
     producer = Kafka(kafka_bootstrap).producer()
     for t, stats in ((time.time() - 2, {"received": 4, "emitted": 3, "missed": 1, "late": 0,
                                         "duplicates": 0, "cache_depth": 1,

@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
-import signal
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
@@ -19,8 +15,10 @@ from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 
 from pvaflow import codec
 from pvaflow.frame import Frame
+from tests.procs import BIN, Proc, wait_for
 
-BIN = Path(sys.executable).parent
+__all__ = ["BIN", "Proc", "wait_for"]  # the collector tests import them from here
+
 PLUGIN = str(Path(__file__).with_name("jitter_plugin.py"))
 FAILING = str(Path(__file__).with_name("failing_plugin.py"))
 
@@ -74,55 +72,14 @@ def ids_of(records: list[Any]) -> list[int]:
     return [codec.decode_key(m.key()) for m in records]
 
 
-class Proc:
-    """A pvaflow command as a subprocess with its output in a log file; stopped by pid."""
-
-    def __init__(self, name: str, args: list[str], log_dir: Path,
-                 env: dict[str, str] | None = None) -> None:
-        self.log = log_dir / f"{name}.log"
-        with open(self.log, "ab") as out:
-            self.proc = subprocess.Popen(
-                [str(BIN / args[0]), *args[1:]], stdout=out, stderr=subprocess.STDOUT,
-                env={**os.environ, **(env or {})}, start_new_session=True)
-
-    def text(self) -> str:
-        return self.log.read_text(errors="replace")
-
-    def wait(self, timeout: float = 60.0) -> int:
-        return self.proc.wait(timeout)
-
-    def kill(self, sig: int = signal.SIGKILL) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, sig)
-
-    def stop(self, timeout: float = 20.0) -> int | None:
-        if self.proc.poll() is None:
-            self.kill(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.kill()
-                self.proc.wait(10)
-        return self.proc.returncode
-
-
-def wait_for(cond: Callable[[], Any], timeout: float = 60.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        v = cond()
-        if v:
-            return v
-        time.sleep(0.3)
-    raise TimeoutError(f"timed out waiting for {what}")
-
-
 @pytest.fixture
 def procs(tmp_path: Path, kafka_bootstrap: str) -> Iterator[Callable[..., Proc]]:
     """Start pvaflow commands as subprocesses; all are stopped by pid at teardown."""
     started: list[Proc] = []
 
     def start(name: str, *args: str) -> Proc:
-        p = Proc(name, list(args), tmp_path, env={"PVAFLOW_BOOTSTRAP": kafka_bootstrap})
+        p = Proc([BIN / args[0], *args[1:]], tmp_path / f"{name}.log",
+                 {**os.environ, "PVAFLOW_BOOTSTRAP": kafka_bootstrap})
         started.append(p)
         return p
 

@@ -7,15 +7,12 @@ here beside three broker JVMs.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -25,62 +22,9 @@ from confluent_kafka import Consumer, KafkaError, TopicPartition
 from pvaflow import codec
 from pvaflow.kafka.client import Kafka
 from pvaflow.kafka.topics import read_partition
+from tests.procs import BIN, Proc, wait_for
 
-BIN = Path(sys.executable).parent
-
-
-def wait_for(cond: Callable[[], Any], timeout: float, what: str, poll: float = 0.5) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = cond()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(poll)
-
-
-class Proc:
-    """A pvaflow command in its own session, output (stdout and stderr) in ``log``."""
-
-    def __init__(self, name: str, args: Sequence[str], log_dir: Path,
-                 env: Mapping[str, str]) -> None:
-        self.name = name
-        self.args = [str(BIN / args[0]), *args[1:]]
-        self.log = log_dir / f"{name}.log"
-        self.started = time.monotonic()
-        with open(self.log, "ab") as out:
-            self.proc = subprocess.Popen(self.args, stdout=out, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL, env=dict(env),
-                                         start_new_session=True)
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def text(self) -> str:
-        return self.log.read_text(errors="replace")
-
-    def poll(self) -> int | None:
-        return self.proc.poll()
-
-    def wait(self, timeout: float) -> int:
-        return self.proc.wait(timeout)
-
-    def signal(self, sig: int) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, sig)
-
-    def stop(self, timeout: float = 60.0) -> int | None:
-        """SIGTERM (the whole process group: --n-consumers children too), then SIGKILL."""
-        if self.proc.poll() is None:
-            self.signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.signal(signal.SIGKILL)
-                self.proc.wait(15)
-        return self.proc.returncode
+__all__ = ["BIN", "Proc", "wait_for"]  # the fault tests import them from here
 
 
 @pytest.fixture
@@ -91,7 +35,7 @@ def run(tmp_path: Path, pva_env: dict[str, str]) -> Iterator[Callable[..., Proc]
 
     def start(name: str, *args: str, env: Mapping[str, str] | None = None) -> Proc:
         full = {**os.environ, **pva_env, "PYTHONUNBUFFERED": "1", **(env or {})}
-        p = Proc(name, args, tmp_path, full)
+        p = Proc([BIN / args[0], *args[1:]], tmp_path / f"{name}.log", full)
         started.append(p)
         return p
 

@@ -197,11 +197,11 @@ def test_component_killed_mid_stream_and_restarted_keeps_an_exact_account(
     def mark(what: str) -> None:  # seconds since the case began, for the account
         phases[what] = round(time.monotonic() - t_case, 1)
 
-    wait_for(flowing, BOUND, "100 ordered frames before the fault", poll=1.0)
+    wait_for(flowing, BOUND, "100 ordered frames before the fault", every=1.0)
     mark("output_flowing")
     if victim == "consumer":  # the victim holds a partition and has processed frames
         wait_for(lambda: _last_int(p.procs["consumer2"].text(), r"'processed': (\d+)") > 0,
-                 BOUND, "consumer 2 processing", poll=1.0)
+                 BOUND, "consumer 2 processing", every=1.0)
     if victim == "monitor":
         wait_for(lambda: (_get_json(url) or {}).get("stages"), BOUND, "the monitor's /status")
     assert sim.is_running(), \
@@ -235,12 +235,12 @@ def test_component_killed_mid_stream_and_restarted_keeps_an_exact_account(
                     and (s.get("last_id") == frames_total or time.time() - t_end > 20)
                     and s["received"] == s["delivered"] + s["dropped"] + s["delivery_errors"])
 
-    wait_for(bridge_idle, BOUND, "the bridge to have delivered the last frame", poll=1.0)
+    wait_for(bridge_idle, BOUND, "the bridge to have delivered the last frame", every=1.0)
     p.stop("bridge")
     sent = read_uids(boot, frames, 2, timeout=BOUND)
     sent_set = set(sent)
     wait_for(lambda: set(read_uids(boot, ordered, 1, timeout=60)) >= sent_set, BOUND,
-             "every delivered frame in the ordered topic", poll=2.0)
+             "every delivered frame in the ordered topic", every=2.0)
     p.alive()
     for n in [k for k in p.procs if k.startswith("consumer")]:
         p.stop(n)
@@ -430,7 +430,7 @@ def _check_monitor(p: Pipeline, url: str, msgs: list[dict[str, Any]],
         states = {c["component"]: c["state"] for c in view["components"]}
         return _totals(view) == expected and states == dict.fromkeys(finals, "stopped")
 
-    wait_for(matches, BOUND, f"the monitor's totals {expected}", poll=1.0)
+    wait_for(matches, BOUND, f"the monitor's totals {expected}", every=1.0)
     by_kind = {s["kind"]: s for s in _get_json(url)["stages"]}
     fs = {m["kind"]: m["stats"] for m in finals.values() if m["kind"] != "consumer"}
     assert by_kind["bridge"]["frames_out"] == fs["bridge"]["delivered"]

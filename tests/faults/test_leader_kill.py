@@ -91,7 +91,7 @@ def test_leader_killed_mid_stream_loses_nothing_acknowledged_and_emits_each_id_o
         return len(read_uids(boot, ordered, 1, timeout=10, until=lambda ids: len(ids) >= 100)) \
             >= 100 if ordered in admin.list_topics(timeout=10).topics else False
 
-    wait_for(flowing, BOUND, "100 ordered frames before the fault", poll=1.0)
+    wait_for(flowing, BOUND, "100 ordered frames before the fault", every=1.0)
     assert sim.is_running(), "the stream ended before the fault: slow start, raise FRAMES"
     assert _replicas(admin, frames) == [3, 3]
     assert _topic_config(admin, frames, "min.insync.replicas") == "2"
@@ -119,14 +119,14 @@ def test_leader_killed_mid_stream_loses_nothing_acknowledged_and_emits_each_id_o
         s = st["stats"]
         return bool(s["in_flight"] == 0 and s["received"] == s["delivered"] + s["dropped"]
                     + s["delivery_errors"])
-    wait_for(bridge_idle, BOUND, "the bridge to have delivered everything", poll=1.0)
+    wait_for(bridge_idle, BOUND, "the bridge to have delivered everything", every=1.0)
     running.remove(bridge)
     assert bridge.stop(60) == 0, bridge.text()[-4000:]
 
     sent = read_uids(boot, frames, 2, timeout=BOUND)
     sent_set = set(sent)
     wait_for(lambda: set(read_uids(boot, ordered, 1, timeout=60)) >= sent_set, BOUND,
-             "every delivered frame in the ordered topic", poll=2.0)
+             "every delivered frame in the ordered topic", every=2.0)
     alive()
     assert consumers.stop(60) == 0, consumers.text()[-4000:]
     assert collector.stop(60) == 0, collector.text()[-4000:]

@@ -112,7 +112,7 @@ def test_a_pipeline_runs_over_sasl_ssl_and_no_output_shows_the_password(
         alive()
         got = read_uids(boot, ordered, 1, overrides=settings, timeout=30)
         return len(got) >= 50 and got[-1] >= n - 5  # the tail: the bridge joined late
-    wait_for(all_ordered, BOUND, "the frames in the ordered topic", poll=2.0)
+    wait_for(all_ordered, BOUND, "the frames in the ordered topic", every=2.0)
     got = read_uids(boot, ordered, 1, overrides=settings, timeout=30)
     sent = read_uids(boot, frames, 1, overrides=settings, timeout=30)
     assert got == sorted(set(sent)), "ordered output differs from the bridge's frames"
@@ -122,7 +122,7 @@ def test_a_pipeline_runs_over_sasl_ssl_and_no_output_shows_the_password(
         page = _get(f"http://127.0.0.1:{web}/status")
         kinds = {c["kind"] for c in json.loads(page)["components"]} if page else set()
         return kinds >= {"bridge", "consumer", "collector", "mirror"}
-    wait_for(monitored, BOUND, "the monitor to show every component", poll=2.0)
+    wait_for(monitored, BOUND, "the monitor to show every component", every=2.0)
 
     def one_shot(*args: str) -> subprocess.CompletedProcess[str]:
         r = subprocess.run([str(BIN / "pvaflow"), *args, "-b", boot, *x],

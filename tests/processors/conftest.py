@@ -4,25 +4,26 @@ point, an output-topic reader, and the entry-point test package installed for th
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import cast
 
 import pytest
 from confluent_kafka import Consumer, Producer
 
 from pvaflow.codec import encode
 from pvaflow.frame import Frame
+from tests.procs import Proc, wait_for
+
+__all__ = ["Proc", "wait_for"]  # the processor tests import them from here
 
 HERE = Path(__file__).parent
 PLUGIN_PKG = HERE / "plugin_pkg"
@@ -48,43 +49,6 @@ class Record:
         return self.headers.get("pf.proc", b"").decode()
 
 
-class Proc:
-    """A pvaflow command in a subprocess; output in ``log``."""
-
-    def __init__(self, args: Sequence[str], log: Path, env: dict[str, str]) -> None:
-        self.args, self.log = list(args), log
-        self._fh = open(log, "wb")  # noqa: SIM115 - closed in stop()
-        self.popen = subprocess.Popen(self.args, stdout=self._fh, stderr=subprocess.STDOUT,
-                                      stdin=subprocess.DEVNULL, env=env)
-
-    @property
-    def pid(self) -> int:
-        return self.popen.pid
-
-    def text(self) -> str:
-        return self.log.read_text(errors="replace")
-
-    def wait(self, timeout: float) -> int:
-        return self.popen.wait(timeout)
-
-    def kill9(self) -> None:
-        os.kill(self.pid, signal.SIGKILL)
-        self.popen.wait(10)
-
-    def stop(self, timeout: float = 20.0) -> int | None:
-        if self.popen.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(self.pid, signal.SIGTERM)
-            try:
-                self.popen.wait(timeout)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(self.pid, signal.SIGKILL)
-                self.popen.wait(10)
-        self._fh.close()
-        return self.popen.returncode
-
-
 @pytest.fixture
 def run_proc(tmp_path: Path, pva_env: dict[str, str],
              kafka_bootstrap: str) -> Iterator[Callable[..., Proc]]:
@@ -100,7 +64,9 @@ def run_proc(tmp_path: Path, pva_env: dict[str, str],
         if pva_server:  # its own TCP port (a PVA client must not get one: it changes search)
             port = str(free_port())
             full_env.update(EPICS_PVA_SERVER_PORT=port, EPICS_PVAS_SERVER_PORT=port)
-        p = Proc([sys.executable, "-m", module, *args], tmp_path / f"{name}.log", full_env)
+        log = tmp_path / f"{name}.log"
+        log.unlink(missing_ok=True)  # a restart under the same name: its log is its own
+        p = Proc([sys.executable, "-m", module, *args], log, full_env)
         procs.append(p)
         return p
 
@@ -188,16 +154,6 @@ def read_exactly(bootstrap: str, topic: str, count: int, *, timeout: float = 90.
                      read_committed=read_committed)
     assert len(got) == count, f"{topic}: expected exactly {count} records, got {len(got)}"
     return got
-
-
-def wait_for(cond: Callable[[], Any], timeout: float, what: str, every: float = 0.2) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        v = cond()
-        if v:
-            return v
-        time.sleep(every)
-    raise TimeoutError(f"timed out after {timeout} s waiting for {what}")
 
 
 @pytest.fixture(scope="session")

@@ -38,7 +38,7 @@ def _run_and_kill(kafka_bootstrap: str, make_topic: Callable[..., str],
         return procs[f"{group}/1"] >= 30 and procs[f"{group}/2"] >= 1
 
     wait_for(both_working, 60, "both consumers producing")
-    victim.kill9()
+    victim.kill()
     return src, out, victim, survivor
 
 
