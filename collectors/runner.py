@@ -129,6 +129,7 @@ class Collector:
         self.pauses = 0  # flow-control pauses (each refetches what was prefetched)
         self.lag = 0
         self._rate_mark = (time.monotonic(), 0)
+        self._rate = 0.0  # emitted frames/s over the last second or more
         self._dirty = False
         # Set when a step failed (the open transaction may lack records that left the cache:
         # it must not be committed) and when closing (a revoke must not commit again).
@@ -319,7 +320,9 @@ class Collector:
         emitted = counts["emitted"]
         now = time.monotonic()
         t0, n0 = self._rate_mark
-        self._rate_mark = (now, emitted)
+        if now - t0 >= 1.0:  # status, PVA channel and control all read: one window for all
+            self._rate = (emitted - n0) / (now - t0) if emitted >= n0 else 0.0
+            self._rate_mark = (now, emitted)
         out: dict[str, Any] = {
             **counts, "cache_depth": self.reorder.depth,
             "peak_cache_depth": self.reorder.stats.peak_cache_depth,
@@ -328,7 +331,7 @@ class Collector:
             "skipped": self.skipped,
             "lag": self.lag, "replayed": self.replayed, "pauses": self.pauses,
             "recoveries": self.recoveries,
-            "rate": round((emitted - n0) / (now - t0), 3) if now > t0 and emitted >= n0 else 0,
+            "rate": round(self._rate, 3),
         }
         if self.plugin is not None:
             out["plugin"] = self.plugin.get_stats()

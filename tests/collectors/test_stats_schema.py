@@ -34,3 +34,19 @@ def test_a_renamed_stats_key_fails_the_schema(key: str) -> None:
     stats[f"{key}_renamed"] = stats.pop(key)
     with pytest.raises(SchemaError, match=key):
         STATUS_SCHEMA.check(stats)
+
+
+def test_a_second_reader_does_not_shorten_the_rate_window(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Status, PVA channel and control each call stats(); the rate is over a second or more
+    whoever asks, not over the time since the last reader."""
+    clock = [100.0]
+    monkeypatch.setattr("pvaflow.collectors.runner.time.monotonic", lambda: clock[0])
+    col = Collector(CollectorConfig(["in"]))
+    col.reorder.state.next_expected = 1  # resumed: frames leave as they arrive
+    col.reorder.push_many(list(range(1, 101)), ["f"] * 100)  # type: ignore[list-item]
+    clock[0] = 102.0
+    assert col.stats()["rate"] == 50.0  # 100 emitted in 2 s
+    col.reorder.push_many([101], ["f"])  # type: ignore[list-item]
+    clock[0] = 102.01
+    assert col.stats()["rate"] == 50.0  # another reader 10 ms later: the same window
