@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, settings
 from pvaflow.ops.broker import LocalBroker, LocalCluster
 from pvaflow.ops.broker.procs import pid_alive, signal_process
 from pvaflow.ops.simulator import MIN_START_DELAY, SimServer, loopback_env, sim_args
@@ -51,6 +52,13 @@ from pvaflow.ops.simulator import MIN_START_DELAY, SimServer, loopback_env, sim_
 from pvaflow.process import free_port
 
 REPO = Path(__file__).resolve().parent.parent
+
+# Property tests assert behaviour, never speed (that is for benchmarks/): on a loaded machine
+# one example, or generating it, may take seconds, and hypothesis' default 200 ms deadline and
+# its too-slow check would fail the test for that alone. Every @settings inherits this.
+settings.register_profile("pvaflow", deadline=None,
+                          suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("pvaflow")
 
 # Fixtures whose users need real servers; such tests get the ``integration`` marker.
 INTEGRATION_FIXTURES = frozenset({
