@@ -77,9 +77,14 @@ def test_unknown_command_and_bad_args_are_refused_before_sending(capsys):
     assert "unknown command 'frob'" in err and "ARGS must be a JSON object" in err
 
 
+# Where every component is expected to answer: the command returns with the last reply, so a
+# bound generous for a loaded machine costs nothing (the default is 10 s).
+REPLIES = ("--timeout", "90")
+
+
 def cli(b: str, opts: list[str], *args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "pvaflow.cli", *args, "--from-topic", "-b", b,
-                           *opts], capture_output=True, text=True, timeout=60)
+                           *opts], capture_output=True, text=True, timeout=180)
 
 
 @pytest.mark.integration
@@ -97,18 +102,18 @@ def test_control_configures_every_member_stops_one_and_names_the_silent(
     wait_for(lambda: "cg  2/2" in cli(kafka_bootstrap, ctl[2:], "status").stdout, 30,
              "both members in pvaflow status")
 
-    r = cli(kafka_bootstrap, ctl, "control", "cg", "configure", '{"tag": "X"}')
+    r = cli(kafka_bootstrap, ctl, "control", "cg", "configure", '{"tag": "X"}', *REPLIES)
     assert r.returncode == 0, r.stderr
     assert "consumer/cg/1: ok" in r.stdout and "consumer/cg/2: ok" in r.stdout
     produce_frames(kafka_bootstrap, frames, range(41, 81), partitions=4)
     later = read_records(kafka_bootstrap, processed, lambda r: len(r) >= 80, 60)[40:]
     tags = {dict(m.headers()).get("pf.attrs", b"") for m in later}
     assert len(later) == 40 and all(b'"tag"' in t and b'"X"' in t for t in tags)
-    r = cli(kafka_bootstrap, ctl, "control", "cg", "get_stats", "--json")
+    r = cli(kafka_bootstrap, ctl, "control", "cg", "get_stats", "--json", *REPLIES)
     stats = [json.loads(line) for line in r.stdout.splitlines()]
     assert sorted(s["result"]["plugin"]["tag"] for s in stats) == ["X", "X"]
 
-    r = cli(kafka_bootstrap, ctl, "control", "consumer/cg/1", "stop")
+    r = cli(kafka_bootstrap, ctl, "control", "consumer/cg/1", "stop", *REPLIES)
     assert r.returncode == 0 and "consumer/cg/1: ok" in r.stdout
     assert members["1"].wait(30) == 0
     members["2"].kill()  # silent from now on, but its last status says running

@@ -17,6 +17,7 @@ import time
 import urllib.request
 import uuid
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -127,7 +128,7 @@ def test_a_pipeline_runs_over_sasl_ssl_and_no_output_shows_the_password(
     def one_shot(*args: str) -> subprocess.CompletedProcess[str]:
         r = subprocess.run([str(BIN / "pvaflow"), *args, "-b", boot, *x],
                            env={**os.environ, **env}, capture_output=True, text=True,
-                           timeout=120)
+                           timeout=180)
         outputs.append(r.stdout + r.stderr)
         return r
 
@@ -138,15 +139,17 @@ def test_a_pipeline_runs_over_sasl_ssl_and_no_output_shows_the_password(
     view = json.loads(status.stdout)
     assert {c["kind"] for c in view["components"]} >= {"bridge", "consumer", "collector",
                                                        "mirror"}
-    stats = one_shot("control", "all", "get_stats", "--from-topic", *control, "--json")
+    # (it returns with the last reply; the default 10 s is short beside CPU hogs)
+    stats = one_shot("control", "all", "get_stats", "--from-topic", *control, "--json",
+                     "--timeout", "90")
     assert stats.returncode == 0, stats.stderr
     replies = [json.loads(ln) for ln in stats.stdout.splitlines() if ln.strip()]
     assert len(replies) >= 4, stats.stdout
 
-    pages = [(name, _get(f"http://127.0.0.1:{p}/metrics")) for name, p in ports.items()]
-    pages.append(("monitor-web", _get(f"http://127.0.0.1:{web}/metrics")))
-    for name, page in pages:
-        assert page, f"no /metrics from {name}"
+    pages = [(name, wait_for(partial(_get, f"http://127.0.0.1:{p}/metrics"), 60,
+                             f"/metrics from {name}")) for name, p in ports.items()]
+    pages.append(("monitor-web", wait_for(partial(_get, f"http://127.0.0.1:{web}/metrics"),
+                                          60, "the monitor's /metrics")))
     for p in procs:
         p.stop(60)
     status_topic = read_partition(st, Kafka(boot, settings), timeout=30)[0]
