@@ -22,12 +22,13 @@ from pvaflow.control import STATUS_TOPIC
 from pvaflow.errors import PvaflowError
 from pvaflow.kafka.client import Kafka
 from pvaflow.kafka.topics import read_partition
-from pvaflow.options import Parser, add_kafka_args, add_log_args, parse
+from pvaflow.options import Parser, add_kafka_args, add_log_args, parse, positive
 
 from .monitor import STALE_AFTER, latest_from_messages, pipeline_view
 
 DEFAULT_MONITOR = "http://127.0.0.1:6066"
 TAIL = 20_000  # status records read from the topic without a monitor (several per component)
+READ_TIMEOUT = 30.0  # seconds to read the status topic to its end (status --timeout)
 
 
 class StatusUnavailable(PvaflowError):
@@ -108,6 +109,7 @@ def get_view(args: Any, kafka: Kafka | None = None) -> tuple[dict[str, Any], str
             monitor_error = exc
     try:
         messages = read_status_topic(args.status_topic,
+                                     timeout=getattr(args, "read_timeout", READ_TIMEOUT),
                                      kafka=kafka if kafka is not None else Kafka.from_args(args))
     except PvaflowError as exc:
         if monitor_error is not None:
@@ -161,6 +163,10 @@ def build_parser() -> Parser:
     p.add_argument("--status-topic", default=STATUS_TOPIC, help="(default: %(default)s)")
     p.add_argument("--stale-after", type=float, default=STALE_AFTER, metavar="SECONDS",
                    help="(with --from-topic) silent this long = stale (default: %(default)s)")
+    p.add_argument("--timeout", dest="read_timeout", type=positive, default=READ_TIMEOUT,
+                   metavar="SECONDS", help="(with --from-topic, or the monitor unreachable) "
+                   "give up reading the status topic to its end after this long "
+                   "(default: %(default)g)")
     p.add_argument("--components", "-c", action="store_true", help="also list each component")
     p.add_argument("--json", action="store_true", help="print the view as JSON")
     p.add_argument("--watch", "-w", nargs="?", type=float, const=2.0, default=None,

@@ -134,7 +134,7 @@ def test_a_pipeline_runs_over_sasl_ssl_and_no_output_shows_the_password(
 
     outputs: list[str] = []
     status = one_shot("status", "--from-topic", "--status-topic", st, "--components",
-                      "--json")
+                      "--json", "--timeout", "90")  # 30 s by default: short beside CPU hogs
     assert status.returncode == 0, status.stderr
     view = json.loads(status.stdout)
     assert {c["kind"] for c in view["components"]} >= {"bridge", "consumer", "collector",
