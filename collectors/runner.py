@@ -62,6 +62,10 @@ DRAIN_CHECK = 1.0  # seconds between two looks at a silent stream's upstream
 # A consumer fenced again this soon after a recovery is not a broker's restart: another
 # instance really holds this collector's group.instance.id, and the run ends.
 REFENCE_WINDOW = 30.0
+# One commit_transaction call waits at most this long; a timed-out call is retried, and
+# between calls --kafka-timeout is checked, so a lost cluster ends the run when it should
+# (one 60 s call held the collector 61 s past a --kafka-timeout of 8 s beside CPU hogs).
+COMMIT_ATTEMPT = 5.0
 PROC_HEADER, INPUT_HEADER = "pf.proc", "pf.in"  # written by pvaflow's processors
 
 Upstream = tuple[str, str, int]  # (processors' group, input topic, input partition)
@@ -642,14 +646,19 @@ class Collector:
         (when required) and raises: only a restart from committed state is then safe, since
         the outputs already left the cache."""
         deadline = time.monotonic() + 300.0
+        warned = False
         while True:
             try:
-                self.producer.commit_transaction(60)
+                self.producer.commit_transaction(COMMIT_ATTEMPT)
                 return
             except KafkaException as exc:
                 err = exc.args[0]
                 if err.retriable() and time.monotonic() < deadline and not self._stopping():
-                    log.warning("committing the transaction: %s; retrying", err.str())
+                    if self._ctx is not None:  # KafkaUnavailable past --kafka-timeout
+                        self._ctx.kafka.health.check()
+                    if not warned:
+                        log.warning("committing the transaction: %s; retrying", err.str())
+                        warned = True
                     continue
                 if err.txn_requires_abort():
                     self.producer.abort_transaction(30)
