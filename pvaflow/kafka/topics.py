@@ -26,7 +26,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
 
 from ..errors import TopicError
@@ -190,12 +190,13 @@ def read_partition(
         extra["isolation.level"] = "read_committed"
     consumer = kafka.consumer(f"pvaflow-reader-{uuid.uuid4().hex[:8]}", **extra)
     try:
-        start = OFFSET_BEGINNING
-        if tail is not None:
-            low, high = watermarks(consumer, topic, timeout)
-            if high <= low:
-                return [], True
-            start = max(low, high - tail)
+        # "The end" is the high watermark when the read starts: a topic that components
+        # append to several times a second may never show librdkafka's end-of-partition
+        # event (each fetch brings the next records), and the read would never end.
+        low, high = watermarks(consumer, topic, timeout)
+        if high <= low:
+            return [], True
+        start = low if tail is None else max(low, high - tail)
         consumer.assign([TopicPartition(topic, 0, start)])
         records: list[Record] = []
         deadline = time.monotonic() + timeout
@@ -209,6 +210,8 @@ def read_partition(
                     return records, True
                 raise KafkaException(err)
             records.append((msg.key(), msg.value()))
+            if (msg.offset() or 0) + 1 >= high:  # (a transaction marker last: EOF ends it)
+                return records, True
         return records, False
     finally:
         consumer.close()
