@@ -95,7 +95,8 @@ def fetch_monitor(url: str, timeout: float = 5.0) -> dict[str, Any]:
         raise StatusUnavailable(f"the monitor at {url} did not answer ({why})") from None
 
 
-def get_view(args: Any, kafka: Kafka | None = None) -> tuple[dict[str, Any], str]:
+def get_view(args: Any, kafka: Kafka | None = None,
+             read_timeout: float = READ_TIMEOUT) -> tuple[dict[str, Any], str]:
     """The view and where it came from (``--monitor`` first unless ``--from-topic``).
 
     When neither answers, the error says both why the monitor did not answer and why the
@@ -109,7 +110,7 @@ def get_view(args: Any, kafka: Kafka | None = None) -> tuple[dict[str, Any], str
             monitor_error = exc
     try:
         messages = read_status_topic(args.status_topic,
-                                     timeout=getattr(args, "read_timeout", READ_TIMEOUT),
+                                     timeout=read_timeout,
                                      kafka=kafka if kafka is not None else Kafka.from_args(args))
     except PvaflowError as exc:
         if monitor_error is not None:
@@ -192,7 +193,7 @@ def show(args: Any) -> int:
     kafka = Kafka.from_args(args)
     try:
         while True:
-            view, source = get_view(args, kafka)
+            view, source = get_view(args, kafka, args.read_timeout)
             text = json.dumps(view, indent=2) if args.json else render(view, args.components)
             if args.watch:
                 sys.stdout.write("\x1b[H\x1b[2J")

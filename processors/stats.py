@@ -92,11 +92,12 @@ class PartitionSeq:
         last = self.last
         if last >= 0 and seq > last:
             self.gaps += seq - last - 1
-        elif last >= 0 and session() == self.session:
-            self.repeats += 1  # a redelivery after a rebalance or restart, not a loss
-            return
-        else:  # a partition's first record, or a new bridge session numbering from 0
-            self.session = session()
+        else:
+            current = session()
+            if last >= 0 and current == self.session:
+                self.repeats += 1  # a redelivery after a rebalance or restart, not a loss
+                return
+            self.session = current  # a partition's first record, or a new bridge session
         self.last = seq
 
 
