@@ -45,7 +45,7 @@ from pvaflow.kafka.consume import take
 from pvaflow.kafka.positions import Positions, ReplaySpec
 from pvaflow.kafka.produce import Sender
 from pvaflow.kafka.topics import Replication, ensure_topic
-from pvaflow.metrics import consumer_lag
+from pvaflow.metrics import Rate, consumer_lag
 from pvaflow.plugin import Processor, object_id, outputs
 from pvaflow.pva_channels import COLLECTOR_STATUS_FIELDS, PvaChannels
 
@@ -132,8 +132,7 @@ class Collector:
         self.replayed = 0
         self.pauses = 0  # flow-control pauses (each refetches what was prefetched)
         self.lag = 0
-        self._rate_mark = (time.monotonic(), 0)
-        self._rate = 0.0  # emitted frames/s over the last second or more
+        self._rate = Rate()  # emitted frames/s
         self._dirty = False
         # Set when a step failed (the open transaction may lack records that left the cache:
         # it must not be committed) and when closing (a revoke must not commit again).
@@ -322,11 +321,6 @@ class Collector:
     def stats(self) -> dict[str, Any]:
         counts = self.counts()
         emitted = counts["emitted"]
-        now = time.monotonic()
-        t0, n0 = self._rate_mark
-        if now - t0 >= 1.0:  # status, PVA channel and control all read: one window for all
-            self._rate = (emitted - n0) / (now - t0) if emitted >= n0 else 0.0
-            self._rate_mark = (now, emitted)
         out: dict[str, Any] = {
             **counts, "cache_depth": self.reorder.depth,
             "peak_cache_depth": self.reorder.stats.peak_cache_depth,
@@ -335,7 +329,7 @@ class Collector:
             "skipped": self.skipped,
             "lag": self.lag, "replayed": self.replayed, "pauses": self.pauses,
             "recoveries": self.recoveries,
-            "rate": round(self._rate, 3),
+            "rate": round(self._rate.update(emitted), 3),
         }
         if self.plugin is not None:
             out["plugin"] = self.plugin.get_stats()

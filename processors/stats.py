@@ -22,7 +22,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from pvaflow.metrics import LATENCY_BUCKETS
+from pvaflow.metrics import LATENCY_BUCKETS, Rate
 from pvaflow.status import StatusSchema
 
 log = logging.getLogger(__name__)
@@ -128,8 +128,7 @@ class Stats:
         self.seq: dict[tuple[str, int], PartitionSeq] = {}
         self.processing = Histogram()
         self.end_to_end = Histogram()
-        self._rate_mark = (time.monotonic(), 0)
-        self.rate = 0.0
+        self._rate = Rate()
 
     # -- hot path -------------------------------------------------------------------------
 
@@ -159,12 +158,7 @@ class Stats:
 
     def update_rate(self) -> float:
         """Processed frames/s over the last second or more; call from the runner thread."""
-        now, n = time.monotonic(), self.processed
-        t0, n0 = self._rate_mark
-        if now - t0 >= 1.0:
-            self.rate = (n - n0) / (now - t0)
-            self._rate_mark = (now, n)
-        return self.rate
+        return self._rate.update(self.processed)
 
     def plugin_stats(self) -> dict[str, Any] | None:
         """The plugin's own stats, or None when its ``get_stats`` raised: a plugin's stats
@@ -203,7 +197,7 @@ class Stats:
             "sequence_repeats": sum(p.repeats for p in seqs.values()),
             "partition_gaps": {f"{t}[{p}]": s.gaps for (t, p), s in seqs.items()},
             "lag": sum(self.lag.values()),
-            "rate": round(self.rate, 3),
+            "rate": round(self._rate.value, 3),
             "average_rate": round(self.processed / elapsed, 3),
             "runtime": round(elapsed, 3),
             "processing_p50_s": self.processing.quantile(0.5),

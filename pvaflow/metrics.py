@@ -37,6 +37,33 @@ Environ = dict[str, Any]
 StartResponse = Callable[[str, list[tuple[str, str]]], Any]
 
 
+
+class Rate:
+    """Events per second over the last ``window`` seconds or more, for a status's ``rate``.
+
+    The window moves only once it is full, so several readers (the status publisher, a PVA
+    status channel, ``control get_stats``) share one window instead of shortening each
+    other's:
+
+    >>> r = Rate()
+    >>> r.update(0)  # within the first second: still 0
+    0.0
+    """
+
+    def __init__(self, window: float = 1.0) -> None:
+        self.window = window
+        self.value = 0.0
+        self._mark = (time.monotonic(), 0)
+
+    def update(self, count: int) -> float:
+        """The rate, given the running ``count`` (a counter reset restarts at 0)."""
+        now = time.monotonic()
+        t0, n0 = self._mark
+        if now - t0 >= self.window:
+            self.value = (count - n0) / (now - t0) if count >= n0 else 0.0
+            self._mark = (now, count)
+        return self.value
+
 class Probes:
     """Liveness from a heartbeat the loop beats; readiness from a function that returns None
     when ready, else the reason it is not (called per probe, from the server's thread)."""

@@ -41,7 +41,7 @@ def test_a_second_reader_does_not_shorten_the_rate_window(
     """Status, PVA channel and control each call stats(); the rate is over a second or more
     whoever asks, not over the time since the last reader."""
     clock = [100.0]
-    monkeypatch.setattr("pvaflow.collectors.runner.time.monotonic", lambda: clock[0])
+    monkeypatch.setattr("pvaflow.metrics.time.monotonic", lambda: clock[0])
     col = Collector(CollectorConfig(["in"]))
     col.reorder.state.next_expected = 1  # resumed: frames leave as they arrive
     col.reorder.push_many(list(range(1, 101)), ["f"] * 100)  # type: ignore[list-item]
