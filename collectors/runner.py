@@ -157,6 +157,7 @@ class Collector:
         self._next_check: dict[TP, float] = {}
         self._admin: AdminClient | None = None
         self._upstream_warned: set[TP] = set()
+        self._spread: dict[tuple[str, str], bool] = {}  # (topic, upstream topic): mixed
         self._consumer_conf: dict[str, Any] = {}
         self._saved_consumed: dict[TP, int] = {}  # the consumed positions last committed
         self._fenced: KafkaError | None = None  # set on the fence, handled by step()
@@ -431,7 +432,11 @@ class Collector:
         for tp, msg in zip(tps, msgs, strict=True):
             st = streams.get(tp)
             if st is not None and not st.mixed:
-                st.saw(codec.header(msg.headers() or [], INPUT_HEADER))
+                src = codec.header(msg.headers() or [], INPUT_HEADER)
+                first = st.source is None and src is not None
+                st.saw(src)
+                if first and self._spread_by_hash(tp[0], cast(bytes, src)):
+                    st.mixed = True
                 if st.mixed:
                     log.warning(
                         "collector %s: %s[%d] carries outputs of more than one upstream "
@@ -727,6 +732,31 @@ class Collector:
                              "its upstream is unknown" if up is None else
                              f"{up[1]}[{up[2]}] is processed to its end by group {up[0]}")
         self._set_frontier()
+
+    def _spread_by_hash(self, topic: str, src: bytes) -> bool:
+        """True when ``topic`` has fewer partitions than the processors' input topic named
+        by ``src`` (``pf.in``): the processors then spread their outputs by hash, so each
+        partition of ``topic`` is mixed from its first record. Waiting for a second upstream
+        to show itself is too late at start-up: beside CPU hogs one processor's first
+        records came before the other's, and the merge rule gave up id 1 as passed before
+        the stream was seen to be mixed. Asked once per pair of topics; when the partition
+        counts cannot be read, the headers alone decide (a second upstream)."""
+        try:
+            upstream = src.decode().rsplit("/", 1)[0]
+        except UnicodeDecodeError:
+            return False
+        key = (topic, upstream)
+        if key not in self._spread:
+            try:  # all topics: asking for one by name may auto-create it
+                topics = self.consumer.list_topics(timeout=5).topics
+                counts = [len(topics[t].partitions) for t in key]
+            except (KafkaException, KeyError) as exc:
+                log.warning("collector %s: cannot read the partition counts of %s and %s: "
+                            "%s; %s is taken as mixed only once it carries a second upstream",
+                            self.identity, topic, upstream, exc, topic)
+                return False
+            self._spread[key] = counts[0] < counts[1]
+        return self._spread[key]
 
     def _upstream(self, tp: TP) -> Upstream | None:
         """The processors' group and input partition feeding ``tp``: from the headers of its

@@ -9,8 +9,12 @@ import re
 import threading
 import time
 
+import numpy as np
 import pytest
+from confluent_kafka import Producer
 
+from pvaflow import codec
+from pvaflow.frame import Frame
 from pvaflow.kafka.client import Kafka
 
 from .helpers import PLUGIN, ids_of, produce_frames, read_records, wait_for
@@ -173,3 +177,38 @@ def test_a_fenced_collector_consumer_is_replaced_and_nothing_is_lost_or_repeated
     assert col.stop() == 0
     s = final_stats(col)
     assert (s["emitted"], s["missed"], s["late"], s["recoveries"]) == (n, 0, 0, 1)
+
+
+def test_a_topic_with_fewer_partitions_than_the_upstream_is_mixed_from_its_first_record(
+        kafka_bootstrap, make_topic, procs, ctl):
+    """Processors whose output topic has fewer partitions than their input spread outputs by
+    hash: one partition carries two upstream streams. When one processor's first outputs come
+    before the other's (two processors joining far apart, seen beside CPU hogs), the
+    collector must not apply the merge rule to what looks like one in-order stream: ids 1 and
+    3 of the later upstream still come, and come out in order (the stream is mixed from its
+    first record, by the partition counts, and the start waits on --max-delay)."""
+    frames, processed, ordered = make_topic(2), make_topic(1), make_topic(1)
+    n = 40
+    col = collector(procs, kafka_bootstrap, processed, ordered, f"g-{ordered}", ctl,
+                    "--max-delay", "30")
+    p = Producer({"bootstrap.servers": kafka_bootstrap, "enable.idempotence": True})
+
+    def write(ids: range) -> None:
+        for i in ids:
+            up = (i - 1) % 2  # the bridge's plan: the upstream partition of id i
+            codec.produce(p, processed, Frame(np.full((4, 4), i % 251, np.uint8), unique_id=i),
+                          extra_headers=[("pf.proc", b"procs/1"),
+                                         ("pf.in", f"{frames}/{up}".encode())])
+        p.flush(30)
+
+    write(range(2, 7, 2))  # upstream 1 first: 2, 4, 6
+    wait_for(lambda: re.search(r"received [1-9]", col.text()), 90,
+             "the collector to receive the first upstream's records", logs=[col])
+    write(range(1, 6, 2))  # then upstream 0: 1, 3, 5
+    write(range(7, n + 1))
+    got = ids_of(read_records(kafka_bootstrap, ordered, lambda r: len(r) >= n, 120))
+    assert got == list(range(1, n + 1))
+    col.stop()
+    s = final_stats(col)
+    assert (s["emitted"], s["missed"], s["late"], s["duplicates"]) == (n, 0, 0, 0)
+    assert "carries outputs of more than one upstream" in col.text()
