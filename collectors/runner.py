@@ -622,7 +622,15 @@ class Collector:
         for sink in self.sinks:  # files hold what this commit marks as emitted
             sink.flush()
         self._send(self.cfg.state_topic, state.encode(), self.cfg.group.encode(), None)
-        self._commit_transaction()
+        if not self._commit_transaction():
+            # Stopped while Kafka did not answer: the transaction stays open and the input
+            # offsets must not move past it; the next instance aborts it and resumes from
+            # the last committed state. Nothing else is committed in this run.
+            log.warning("collector %s: stopping with the transaction uncommitted (Kafka "
+                        "did not answer); the next run resumes from the last commit",
+                        self.identity)
+            self._failed = True
+            return
         self._dirty = False
         if positions:
             # The input offsets follow the transaction instead of riding in it
@@ -639,20 +647,24 @@ class Collector:
                 log.warning("committing input offsets: %s", exc)
         self.producer.begin_transaction()
 
-    def _commit_transaction(self) -> None:
+    def _commit_transaction(self) -> bool:
         """Commit the open transaction, retrying while Kafka says a retry may succeed (a
         coordinator moving to another broker times the call out); any other failure aborts
         (when required) and raises: only a restart from committed state is then safe, since
-        the outputs already left the cache."""
+        the outputs already left the cache. False: a stop came while a retry was due (a
+        stop during an outage must not wait for the cluster; the commit may have started
+        before the client noticed the outage)."""
         deadline = time.monotonic() + 300.0
         warned = False
         while True:
             try:
                 self.producer.commit_transaction(COMMIT_ATTEMPT)
-                return
+                return True
             except KafkaException as exc:
                 err = exc.args[0]
-                if err.retriable() and time.monotonic() < deadline and not self._stopping():
+                if err.retriable() and self._stopping():
+                    return False
+                if err.retriable() and time.monotonic() < deadline:
                     if self._ctx is not None:  # KafkaUnavailable past --kafka-timeout
                         self._ctx.kafka.health.check()
                     if not warned:
