@@ -3,6 +3,7 @@ exit code that says why (2: the command line or a setting, 3: Kafka unreachable 
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import time
@@ -108,15 +109,23 @@ def test_stop_while_the_broker_is_down_exits_promptly(private_broker, tmp_path: 
     produce_frames(bootstrap, inp, range(1, 11))
     stderr = tmp_path / "err.log"
     with open(tmp_path / "out.log", "wb") as o, open(stderr, "wb") as e:
+        # PYTHONFAULTHANDLER: a stop that hangs is shown where it hangs (SIGABRT below)
         proc = subprocess.Popen([COLLECTOR, *argv, "-b", bootstrap, "--kafka-timeout", "300",
-                                 "--max-delay", "1"], stdout=o, stderr=e)
+                                 "--max-delay", "1"], stdout=o, stderr=e,
+                                env={**os.environ, "PYTHONFAULTHANDLER": "1"})
     try:
         assert len(read_records(bootstrap, out, lambda r: len(r) >= 10, 60)) == 10
         b.stop()
         wait_for(lambda: "brokers are down" in stderr.read_text(), 60, "the outage noticed")
         t0 = time.monotonic()
         proc.send_signal(signal.SIGTERM)
-        code = proc.wait(60)
+        try:
+            code = proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGABRT)  # every thread's stack on stderr
+            proc.wait(30)
+            raise AssertionError("no exit within 60 s of SIGTERM during the outage:\n"
+                                 + stderr.read_text()[-12000:]) from None
         elapsed = time.monotonic() - t0
     finally:
         if proc.poll() is None:
