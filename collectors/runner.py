@@ -435,7 +435,8 @@ class Collector:
                 src = codec.header(msg.headers() or [], INPUT_HEADER)
                 first = st.source is None and src is not None
                 st.saw(src)
-                if first and self._spread_by_hash(tp[0], cast(bytes, src)):
+                up = _upstream_of(msg) if first else None
+                if up is not None and self._spread_by_hash(tp[0], up[1]):
                     st.mixed = True
                 if st.mixed:
                     log.warning(
@@ -745,18 +746,14 @@ class Collector:
                              f"{up[1]}[{up[2]}] is processed to its end by group {up[0]}")
         self._set_frontier()
 
-    def _spread_by_hash(self, topic: str, src: bytes) -> bool:
-        """True when ``topic`` has fewer partitions than the processors' input topic named
-        by ``src`` (``pf.in``): the processors then spread their outputs by hash, so each
+    def _spread_by_hash(self, topic: str, upstream: str) -> bool:
+        """True when ``topic`` has fewer partitions than the processors' input topic
+        ``upstream`` (from ``pf.in``): the processors then spread their outputs by hash, so each
         partition of ``topic`` is mixed from its first record. Waiting for a second upstream
         to show itself is too late at start-up: beside CPU hogs one processor's first
         records came before the other's, and the merge rule gave up id 1 as passed before
         the stream was seen to be mixed. Asked once per pair of topics; when the partition
         counts cannot be read, the headers alone decide (a second upstream)."""
-        try:
-            upstream = src.decode().rsplit("/", 1)[0]
-        except UnicodeDecodeError:
-            return False
         key = (topic, upstream)
         if key not in self._spread:
             try:  # all topics: asking for one by name may auto-create it
