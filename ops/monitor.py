@@ -279,11 +279,11 @@ def build_app(
         web_port=web_port, web_enabled=True, topic_replication_factor=replication,
         topic_partitions=1, consumer_auto_offset_reset="earliest",
         broker_session_timeout=SESSION_TIMEOUT,
-        datadir=data_dir,
+        datadir=data_dir, Table=_changelog_awaiting_table(faust.Table),
     )
     topic = app.topic(status_topic, key_type=bytes, value_type=bytes, key_serializer="raw",
                       value_serializer="raw", partitions=1)
-    latest = app.Table("latest", default=None, partitions=1)
+    latest: Any = app.Table("latest", default=None, partitions=1)  # a ChangelogAwaitingTable
 
     @app.agent(topic, concurrency=1)
     async def ingest(stream: Any) -> None:
@@ -295,6 +295,7 @@ def build_app(
                 continue
             if isinstance(msg, dict) and msg.get("type") == "status" and msg.get("component"):
                 latest[msg["component"]] = remember(latest.get(msg["component"]), msg)
+                await latest.changelog_written()
 
     def view() -> dict[str, Any]:
         return pipeline_view(dict(latest.items()), stale_after=stale_after)
@@ -323,6 +324,34 @@ def build_app(
         return _probe(web, reason)
 
     return app, view
+
+
+def _changelog_awaiting_table(base: type[Any]) -> type[Any]:
+    """faust's Table, whose writer can wait until its last change is in the changelog.
+
+    faust commits a source offset after flushing its producer buffer, but that flush gives up
+    after 0.1 s without progress (``ProducerBuffer.flush_atmost``), so on a loaded machine the
+    offset of a status message can be committed while its Table change still waits in the
+    buffer. A monitor killed then comes back without that change and never reads the message
+    again (seen as a restarted monitor missing the final totals). The agent awaits each
+    change's delivery before it takes the next message, so an offset is only acknowledged,
+    and committed, after its change is on the broker. Status messages are few (one per
+    component per report period), so the wait costs nothing that matters.
+    """
+
+    class ChangelogAwaitingTable(base):
+        _last_change: asyncio.Future[Any] | None = None
+
+        def send_changelog(self, *args: Any, **kwargs: Any) -> Any:
+            self._last_change = fut = super().send_changelog(*args, **kwargs)
+            return fut
+
+        async def changelog_written(self) -> None:
+            fut, self._last_change = self._last_change, None
+            if fut is not None:
+                await fut
+
+    return ChangelogAwaitingTable
 
 
 def _probe(web: Any, reason: str | None) -> Any:

@@ -3,6 +3,7 @@ each component's own final stats and survive a monitor restart (Table changelog)
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 import subprocess
@@ -93,6 +94,34 @@ def _get(url: str) -> dict | None:
             return json.load(r)
     except OSError:
         return None
+
+
+def test_the_agent_takes_no_next_message_before_its_table_change_is_delivered():
+    """A restarted monitor misses a change whose source offset was committed before the
+    change reached the changelog; the agent's wait on the change's future is what prevents
+    that (faust's own flush before a commit gives up after 0.1 s)."""
+    from pvaflow.ops.monitor import _changelog_awaiting_table
+
+    class Base:  # the one method the subclass builds on, as faust's Table has it
+        def __init__(self) -> None:
+            self.sent: list[asyncio.Future[None]] = []
+
+        def send_changelog(self, *args, **kwargs):
+            self.sent.append(asyncio.get_running_loop().create_future())
+            return self.sent[-1]
+
+    async def scenario() -> None:
+        table = _changelog_awaiting_table(Base)()
+        await table.changelog_written()  # nothing sent yet: nothing to wait for
+        table.send_changelog(0, b"consumer/g/1", b"{}")
+        waiter = asyncio.ensure_future(table.changelog_written())
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert not waiter.done(), "returned before the changelog record was delivered"
+        table.sent[0].set_result(None)
+        await asyncio.wait_for(waiter, 5)
+
+    asyncio.run(scenario())
 
 
 @pytest.mark.integration
