@@ -28,6 +28,7 @@ from .errors import BrokerError
 from .maven import check_version, default_kafka_version, fetch_kafka, major
 from .procs import (
     HOST,
+    all_threads_stopped,
     can_connect,
     find_java,
     kill_at_exit,
@@ -455,10 +456,17 @@ class LocalBroker:
         self.stop()
         return self.start()
 
-    def pause(self) -> None:
-        """SIGSTOP: the broker hangs with its sockets open (clients see timeouts)."""
+    def pause(self, timeout: float = 60.0) -> None:
+        """SIGSTOP: the broker hangs with its sockets open (clients see timeouts). Returns once
+        every JVM thread has stopped, so a client that asks after this gets no answer."""
         if self._proc is not None and self._proc.poll() is None:
-            signal_process(self._proc.pid, signal.SIGSTOP)
+            pid = self._proc.pid
+            signal_process(pid, signal.SIGSTOP)
+            deadline = time.monotonic() + timeout
+            while not all_threads_stopped(pid):
+                if time.monotonic() > deadline:
+                    raise BrokerError(f"broker pid {pid} still running {timeout:g} s after SIGSTOP")
+                time.sleep(0.01)
 
     def resume(self) -> None:
         """SIGCONT after ``pause()``."""

@@ -95,6 +95,27 @@ def signal_process(pid: int, sig: int) -> None:
             os.kill(pid, sig)
 
 
+def all_threads_stopped(pid: int) -> bool:
+    """Whether every thread of ``pid`` is in the stopped state (``T``), or the process is gone.
+
+    ``killpg(SIGSTOP)`` returns before each thread has taken the signal; a thread does only when
+    the scheduler next runs it, so on a loaded machine a "paused" broker may still answer for a
+    moment. A pause is done when this is true.
+    """
+    try:
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+    except OSError:
+        return True
+    for task in tasks:
+        try:
+            state = (task / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue  # a thread that ended meanwhile
+        if state not in ("T", "t"):
+            return False
+    return True
+
+
 def kill_at_exit(proc: subprocess.Popen[bytes]) -> None:
     """Finalizer of a broker object: a forgotten broker must not outlive the interpreter."""
     if proc.poll() is None:
