@@ -635,8 +635,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--label", default=None,
                     help="keep the results as benchmarks/results/pipeline-LABEL.json and "
                          "leave the doc's end-to-end section alone (for before/after runs)")
-    ap.add_argument("--compare", nargs=2, metavar=("BEFORE", "AFTER"),
-                    help="only write the before/after section from two --label runs")
+    ap.add_argument("--compare", nargs="+", metavar="LABEL",
+                    help="only write the before/after section from two or more --label runs, "
+                         "oldest first")
     ap.add_argument("--role", help=argparse.SUPPRESS)
     ap.add_argument("-b", dest="bootstrap", help=argparse.SUPPRESS)
     for hidden in ("--channel", "--topic", "--out", "--tag", "--source", "--h5", "--shape"):
@@ -651,6 +652,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         render(json.loads((RESULTS / "pipeline.json").read_text()))
         return 0
     if a.compare:
+        if len(a.compare) < 2:
+            ap.error("--compare needs two or more labels, oldest first")
         render_compare(*a.compare)
         return 0
     # stopped by a signal, the run still ends every process it started (finally blocks)
@@ -935,11 +938,10 @@ def _cpu_compare(flow: Sequence[dict[str, Any]], pvapy: Sequence[dict[str, Any]]
             _ms_per_frame(pvapy, "consumers", seconds, rate))
 
 
-def render_compare(before: str, after: str) -> None:
-    """The before/after section from two ``--label`` runs (each ran PvaPy and pvaflow side by
-    side: the ratios within a run are what compares, the machine being shared)."""
-    runs = {lab: json.loads((RESULTS / f"pipeline-{lab}.json").read_text())
-            for lab in (before, after)}
+def render_compare(*labels: str) -> None:
+    """The before/after section from ``--label`` runs, oldest first (each ran PvaPy and pvaflow
+    side by side: the ratios within a run are what compares, the machine being shared)."""
+    runs = {lab: json.loads((RESULTS / f"pipeline-{lab}.json").read_text()) for lab in labels}
     rows_rate, rows_cpu, rows_lat, rows_stage = [], [], [], []
     loads: dict[str, list[float]] = {}
     for lab, data in runs.items():
@@ -972,10 +974,10 @@ def render_compare(before: str, after: str) -> None:
     load_text = "; ".join(f"{lab} {min(v):.1f}-{max(v):.1f}" for lab, v in loads.items())
     md = f"""## End to end: the bridge before and after its speed-up
 
-The same command run before and after the bridge's queue defaults, per-frame path and latency
-settings changed ({before} / {after}); each run puts PvaPy's pipeline and pvaflow's side by side
-on the same shared machine, so the ratios within a run are what compares. 1-minute load
-average over the trials: {load_text} (other work shared the 2 cores).
+The same command run at several points of pvaflow's history, oldest first
+({" / ".join(labels)}: see the reading below for what changed between them); each run puts
+PvaPy's pipeline and pvaflow's side by side on the same machine, so the ratios within a run
+are what compares. 1-minute load average over the trials: {load_text} (2.0 = both cores busy).
 
 {cmds}
 
