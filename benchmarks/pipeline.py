@@ -638,6 +638,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--compare", nargs="+", metavar="LABEL",
                     help="only write the before/after section from two or more --label runs, "
                          "oldest first")
+    ap.add_argument("--latency-at", action="append", type=float, metavar="FPS",
+                    help="also measure latency at FPS (repeatable), below the half-rate "
+                         "trial's saturation; kept in the JSON as latency_at")
     ap.add_argument("--role", help=argparse.SUPPRESS)
     ap.add_argument("-b", dest="bootstrap", help=argparse.SUPPRESS)
     for hidden in ("--channel", "--topic", "--out", "--tag", "--source", "--h5", "--shape"):
@@ -682,6 +685,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             return lambda rate: Trial(pipe, cfg, rate, seconds, bootstrap, broker_pid, workdir,
                                       h5, bridge_args, latency)
 
+        def latency_trial(pipe: str, cfg: dict[str, Any], rate: float) -> dict[str, Any]:
+            t = trial(pipe, cfg, latency=True)(rate)
+            t.seconds = max(seconds, 15.0)  # room for a steady state after start-up
+            r = t.run()
+            print(f"  {pipe:26s} latency at {rate:g} fps: {r.get('latency_ms')}", flush=True)
+            return {"rate": rate, "ok": r["ok"], "load": r["load"],
+                    **(r.get("latency_ms") or {})}
+
         for name, cfg in CONFIGS.items():
             if a.config and name not in a.config:
                 continue
@@ -699,14 +710,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                     entry["latency"][pipe] = {"rate": top["rate"], **(top.get("latency_ms")
                                                                        or {})}
                 else:
-                    half = top["rate"] / 2
-                    t = trial(pipe, cfg, latency=True)(half)
-                    t.seconds = max(seconds, 15.0)  # room for a steady state after start-up
-                    r = t.run()
-                    entry["latency"][pipe] = {"rate": half, "ok": r["ok"], "load": r["load"],
-                                              **(r.get("latency_ms") or {})}
-                    print(f"  {pipe:26s} latency at {half:g} fps: {r.get('latency_ms')}",
-                          flush=True)
+                    entry["latency"][pipe] = latency_trial(pipe, cfg, top["rate"] / 2)
+                if a.latency_at:
+                    entry.setdefault("latency_at", {})[pipe] = [
+                        latency_trial(pipe, cfg, rate) for rate in a.latency_at]
             data["configs"][name] = entry
         if "pvaflow" in pipelines and not a.config:
             for name, cfg in CODEC_ROWS.items():
