@@ -79,11 +79,17 @@ def pid_alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
-    try:  # a zombie is dead for our purposes (its parent may never reap it)
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        return stat.rsplit(")", 1)[1].split()[0] != "Z"
+    # a zombie is dead for our purposes (its parent may never reap it)
+    return _state(Path(f"/proc/{pid}/stat")) != "Z"
+
+
+def _state(stat: Path) -> str | None:
+    """The state letter of a ``/proc/.../stat`` file (after the command name, which may hold
+    spaces and parentheses), or None when it cannot be read (the process or thread is gone)."""
+    try:
+        return stat.read_text().rsplit(")", 1)[1].split()[0]
     except (OSError, IndexError):
-        return True
+        return None
 
 
 def signal_process(pid: int, sig: int) -> None:
@@ -106,14 +112,8 @@ def all_threads_stopped(pid: int) -> bool:
         tasks = list(Path(f"/proc/{pid}/task").iterdir())
     except OSError:
         return True
-    for task in tasks:
-        try:
-            state = (task / "stat").read_text().rsplit(")", 1)[1].split()[0]
-        except (OSError, IndexError):
-            continue  # a thread that ended meanwhile
-        if state not in ("T", "t"):
-            return False
-    return True
+    # a thread that ended meanwhile (None) does not count
+    return all(_state(task / "stat") in (None, "T", "t") for task in tasks)
 
 
 def kill_at_exit(proc: subprocess.Popen[bytes]) -> None:
