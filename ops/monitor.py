@@ -3,9 +3,11 @@
 Every component publishes its stats to the status topic each report period (see
 :mod:`pvaflow.control`). One faust agent (concurrency 1) keeps the latest message per component
 in a Table; the Table's changelog topic is what lets a restarted monitor come back with the same
-totals. The web server serves ``/status`` (JSON) and ``/metrics`` (Prometheus text), both
-computed from the Table on request, and Kubernetes' probes: ``/healthz`` (the event loop
-answers and the agent runs) and ``/readyz`` (the status topic is assigned and Kafka answers).
+totals. Status messages read twice (a restart, a rebalance: :mod:`.monitor_resume`) never put
+an older total over a newer one (:func:`replayed`). The web server serves ``/status`` (JSON)
+and ``/metrics`` (Prometheus text), both computed from the Table on request, and Kubernetes'
+probes: ``/healthz`` (the event loop answers and the agent runs) and ``/readyz`` (the status
+topic is assigned and Kafka answers).
 
 What a stage's frames in, out and lost are comes from the :class:`~pvaflow.status.StatusSchema`
 every status message carries, so the monitor knows no wing's stats keys. The aggregation
@@ -84,9 +86,13 @@ def _num(stats: Mapping[str, Any], key: str) -> float:
     return 0
 
 
-def remember(previous: Mapping[str, Any] | None, message: Mapping[str, Any]) -> dict[str, Any]:
-    """Table entry for a status message: the message plus rates against the previous one."""
+def remember(previous: Mapping[str, Any] | None, message: Mapping[str, Any],
+             offset: int | None = None) -> dict[str, Any]:
+    """Table entry for a status message: the message plus rates against the previous one, and
+    the message's offset in the status topic when known (see :func:`replayed`)."""
     entry: dict[str, Any] = {"msg": dict(message), "rate_in": 0.0, "rate_out": 0.0}
+    if offset is not None:
+        entry["offset"] = offset
     schema = schema_of(message)
     if previous:
         old = previous["msg"]
@@ -198,6 +204,27 @@ def pipeline_view(
     }
 
 
+def replayed(previous: Mapping[str, Any] | None, message: Mapping[str, Any],
+             offset: int) -> bool:
+    """Whether the entry already reflects this status message or a later one.
+
+    The monitor reads some status messages twice: after a restart faust starts again at the
+    committed offset, which can be behind the changelog the Table came back from, and after
+    every rebalance the monitor seeks back on purpose (:mod:`.monitor_resume`). Applying such
+    a message again would put an older total over a newer one, for a while or, when its
+    component has stopped, for good. A replay is at or before the entry's offset *and* no
+    newer: a status topic deleted and created again counts offsets from 0, with newer times.
+
+    >>> entry = remember(None, {"time": 20.0}, offset=7)
+    >>> replayed(entry, {"time": 10.0}, 3), replayed(entry, {"time": 30.0}, 8)
+    (True, False)
+    """
+    if not previous or previous.get("offset") is None:
+        return False
+    return (offset <= int(previous["offset"])
+            and float(message.get("time", 0)) <= float(previous["msg"].get("time", 0)))
+
+
 def latest_from_messages(messages: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
     """What the Table holds, rebuilt from status messages in topic order."""
     entries: dict[str, dict[str, Any]] = {}
@@ -268,6 +295,8 @@ def build_app(
     """
     import faust
 
+    from .monitor_resume import ReseekAfterRebalance
+
     aio = kafka if isinstance(kafka, AioSettings) else AioSettings.from_config(
         {"bootstrap.servers": kafka})
     # faust writes its app directory even with an in-memory store; not into the cwd, which
@@ -285,16 +314,22 @@ def build_app(
                       value_serializer="raw", partitions=1)
     latest: Any = app.Table("latest", default=None, partitions=1)  # a ChangelogAwaitingTable
 
+    app.sensors.add(ReseekAfterRebalance(aio, app_id, status_topic))
+
     @app.agent(topic, concurrency=1)
     async def ingest(stream: Any) -> None:
-        async for raw in stream:
+        async for event in stream.events():
+            raw, offset = event.value, event.message.offset
             try:
                 msg = json.loads(raw)
             except ValueError:
                 log.warning("ignoring non-JSON status record %r", raw[:100])
                 continue
             if isinstance(msg, dict) and msg.get("type") == "status" and msg.get("component"):
-                latest[msg["component"]] = remember(latest.get(msg["component"]), msg)
+                previous = latest.get(msg["component"])
+                if replayed(previous, msg, offset):
+                    continue
+                latest[msg["component"]] = remember(previous, msg, offset)
                 await latest.changelog_written()
 
     def view() -> dict[str, Any]:

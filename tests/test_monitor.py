@@ -124,6 +124,90 @@ def test_the_agent_takes_no_next_message_before_its_table_change_is_delivered():
     asyncio.run(scenario())
 
 
+def test_a_replayed_status_message_never_puts_an_older_total_over_a_newer_one():
+    from pvaflow.ops.monitor import remember, replayed
+
+    final = remember(None, status("consumer", "g", "1", 20, final=True, received=150), offset=9)
+    assert final["offset"] == 9
+    assert replayed(final, status("consumer", "g", "1", 18, received=17), 2)  # re-read
+    assert replayed(final, status("consumer", "g", "1", 20, final=True, received=150), 9)
+    assert not replayed(final, status("consumer", "g", "1", 21, received=3), 10)  # restarted
+    # A status topic created again counts offsets from 0: newer messages are still taken.
+    assert not replayed(final, status("consumer", "g", "1", 25, received=1), 0)
+    # Entries from before offsets were kept, and the first message of a component.
+    assert not replayed({"msg": {"time": 20}}, status("consumer", "g", "1", 1), 0)
+    assert not replayed(None, status("consumer", "g", "1", 1), 0)
+
+
+class _Consumer:
+    """What the re-seek asks of faust's consumer (assignment, earliest offsets, seek)."""
+
+    def __init__(self, assigned, earliest=0):
+        self.assigned, self.earliest, self.seeks = set(assigned), earliest, []
+
+    def assignment(self):
+        return self.assigned
+
+    async def earliest_offsets(self, *tps):
+        return {tp: self.earliest for tp in tps}
+
+    async def seek(self, tp, offset):
+        self.seeks.append((tp.topic, tp.partition, offset))
+
+
+def test_after_a_rebalance_the_monitor_seeks_the_status_topic_back_to_the_commit(monkeypatch):
+    """faust empties its stream queues after it positioned the partitions, dropping what was
+    fetched in between; the monitor seeks again once the rebalance has ended."""
+    from aiokafka.errors import KafkaConnectionError
+    from faust.types import TP
+    from pvaflow.ops import monitor_resume
+
+    from pvaflow.kafka.aio import AioSettings
+
+    commits: dict = {}
+
+    async def committed_offset(aio, group, topic):
+        if commits.get("fail"):
+            raise KafkaConnectionError("no broker")
+        return commits.get((group, topic))
+
+    monkeypatch.setattr(monitor_resume, "committed_offset", committed_offset)
+    aio = AioSettings.from_config({"bootstrap.servers": "127.0.0.1:1"})
+    sensor = monitor_resume.ReseekAfterRebalance(aio, "mon", "st")
+
+    def reseek(consumer, rebalancing=False):
+        app = type("App", (), {"consumer": consumer, "rebalancing": rebalancing})()
+        return asyncio.run(sensor.reseek(app)), consumer.seeks
+
+    assert reseek(_Consumer([TP("st", 0)], earliest=4)) == (4, [("st", 0, 4)])  # no commit
+    commits[("mon", "st")] = 17
+    assert reseek(_Consumer([TP("st", 0)], earliest=4)) == (17, [("st", 0, 17)])
+    assert reseek(_Consumer([TP("other", 0)])) == (None, [])  # another monitor has it
+    assert reseek(_Consumer([TP("st", 0)]), rebalancing=True) == (None, [])
+    commits["fail"] = True
+    assert reseek(_Consumer([TP("st", 0)])) == (None, [])  # logged; faust's position stays
+
+
+@pytest.mark.integration
+def test_committed_offset_reads_the_groups_commit_on_the_status_topic(
+        kafka_bootstrap, make_topic):
+    from confluent_kafka import Consumer, TopicPartition
+    from pvaflow.ops.monitor_resume import committed_offset
+
+    from pvaflow.kafka.aio import AioSettings
+
+    topic, group = make_topic(1), f"mon-{uuid.uuid4().hex[:8]}"
+    aio = AioSettings.from_config({"bootstrap.servers": kafka_bootstrap})
+    assert asyncio.run(committed_offset(aio, group, topic)) is None
+    produce_frames(kafka_bootstrap, topic, range(1, 8), partitions=1)
+    c = Consumer({"bootstrap.servers": kafka_bootstrap, "group.id": group})
+    try:
+        c.commit(offsets=[TopicPartition(topic, 0, 5)], asynchronous=False)
+    finally:
+        c.close()
+    assert asyncio.run(committed_offset(aio, group, topic)) == 5
+
+
 @pytest.mark.integration
 def test_status_totals_match_final_stats_and_survive_monitor_restart(
         kafka_bootstrap, make_topic, procs, ctl):  # noqa: F811 (fixtures)
@@ -165,14 +249,15 @@ def test_status_totals_match_final_stats_and_survive_monitor_restart(
              "final totals in the monitor")
     mon.kill()  # SIGKILL: only the changelog can bring the table back
     mon.wait()
-    procs("monitor2", *mon_args)
+    mon2 = procs("monitor2", *mon_args)
 
     def recovered() -> bool:  # the table fills in while the changelog replays
         view = _get(url + "/status") or {"stages": [], "components": []}
         states = [c["state"] for c in view["components"]]
         return totals(view) == expected and states == ["stopped"] * 3
 
-    assert wait_for(recovered, 120, "totals and stopped states after the monitor restart")
+    assert wait_for(recovered, 120, "totals and stopped states after the monitor restart",
+                    logs=[mon2])
     # What an operator types: `pvaflow status` as JSON and as the table.
     cli = [sys.executable, "-m", "pvaflow.cli", "status", "--monitor", url]
     out = subprocess.run([*cli, "--json"], capture_output=True, text=True, timeout=60, check=True)
@@ -220,3 +305,42 @@ def test_monitor_with_x_settings_serves_schema_driven_stages(
     assert s["extras"]["last_emitted_unique_id"] == 9 and s["duplicates"] == 2
     assert "-X settings do not apply" not in mon.text()
     assert mon.stop() == 0, mon.text()
+
+
+@pytest.mark.integration
+def test_a_restarted_monitor_shows_the_final_status_sent_while_it_was_down(
+        kafka_bootstrap, procs, ctl):  # noqa: F811 (fixtures)
+    """A component that stopped while the monitor was down sends no other status: the
+    restarted monitor must read its final one, whatever faust drops while it rebalances."""
+    from pvaflow.kafka.client import Kafka
+
+    status_topic, port, app_id = ctl[3], _free_port(), f"mon-{uuid.uuid4().hex[:8]}"
+    url = f"http://127.0.0.1:{port}"
+    mon_args = ("pvaflow-monitor", "-b", kafka_bootstrap, "--status-topic", status_topic,
+                "--app-id", app_id, "--web-port", str(port))
+    producer = Kafka(kafka_bootstrap).producer()
+
+    def send(t: float, final: bool, received: int) -> None:
+        msg = status("consumer", "g", "1", t, final=final, received=received,
+                     processed=received)
+        producer.produce(status_topic, key=b"consumer/g/1", value=json.dumps(msg).encode())
+        producer.flush(30)
+
+    def consumer_stage() -> tuple | None:
+        view = _get(url + "/status") or {"stages": [], "components": []}
+        return next(((s["frames_out"], [c["state"] for c in view["components"]])
+                     for s in view["stages"] if s["stage"] == "consumer/g"), None)
+
+    mon = procs("monitor", *mon_args)
+    t0 = time.time()
+    for i in range(12):  # enough that a restart fetches some in one batch
+        send(t0 - 12 + i, False, 10 * i)
+    wait_for(lambda: consumer_stage() == (110, ["running"]), 120,
+             "the running consumer in the monitor", logs=[mon])
+    mon.kill()
+    mon.wait()
+    send(time.time(), True, 150)  # the component stops while no monitor runs
+    mon2 = procs("monitor2", *mon_args)
+    wait_for(lambda: consumer_stage() == (150, ["stopped"]), 120,
+             "the final status after the monitor restart", logs=[mon2])
+    assert mon2.stop() == 0, mon2.text()
