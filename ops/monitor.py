@@ -515,6 +515,7 @@ def serve(args: Any, aio: AioSettings, replication: int = 1) -> int:
     # --log-format set up, so its lines and aiokafka's read like every other pvaflow line.
     worker = faust.Worker(app, loglevel=args.log_level, quiet=True, redirect_stdouts=False,
                           override_logging=False)
+    worker.spinner = None  # it writes terminal escapes to stdout, a log file in a pod
     try:
         worker.execute_from_commandline()
     finally:

@@ -344,3 +344,4 @@ def test_a_restarted_monitor_shows_the_final_status_sent_while_it_was_down(
     wait_for(lambda: consumer_stage() == (150, ["stopped"]), 120,
              "the final status after the monitor restart", logs=[mon2])
     assert mon2.stop() == 0, mon2.text()
+    assert "\x1b[" not in mon.text() + mon2.text(), "terminal escapes in the monitor's log"
