@@ -156,7 +156,14 @@ def run_component(component: Component, options: RunOptions, kafka: Kafka) -> in
     # Probes answer from the start: /healthz stays green while start() waits (for a topic,
     # a channel), /readyz says "starting" until the component's own condition holds.
     probes = metrics.Probes(float("inf"))
+    kafka_cpu = metrics.KafkaThreadsCpu(ident.kind) if options.metrics_port is not None else None
     try:
+        if kafka_cpu is not None:
+            # librdkafka's threads are per process: a second component here adds nothing
+            try:
+                REGISTRY.register(kafka_cpu)
+            except ValueError:
+                kafka_cpu = None
         metrics.serve(options.metrics_port, probes=probes)
         kafka.check_reachable()
         component.start(ctx)
@@ -186,8 +193,9 @@ def run_component(component: Component, options: RunOptions, kafka: Kafka) -> in
             code = _close(component, options, kafka, code)
         if agent is not None:
             agent.close(flush_timeout=10.0 if kafka.health.reachable else 1.0)
-        if collector is not None:
-            REGISTRY.unregister(collector)
+        for registered in (collector, kafka_cpu):
+            if registered is not None:
+                REGISTRY.unregister(registered)
         _restore_signals(previous)
     return code
 

@@ -13,14 +13,17 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, make_server
 
 from prometheus_client import REGISTRY, CollectorRegistry, make_wsgi_app
+from prometheus_client.core import CounterMetricFamily
 from prometheus_client.exposition import ThreadingWSGIServer
+from prometheus_client.registry import Collector
 
 log = logging.getLogger(__name__)
 
@@ -125,6 +128,63 @@ def serve(port: int | None, registry: CollectorRegistry = REGISTRY,
     log.info("serving Prometheus metrics%s on port %d",
              " and health probes" if probes else "", bound)
     return bound
+
+
+def thread_cpu(task_dir: str = "/proc/self/task") -> Iterator[tuple[tuple[str, str], str, float]]:
+    """(thread key, name, CPU seconds) of every live thread in ``task_dir`` (a process's
+    ``/proc/<pid>/task``); the key is (thread id, start time), which a reused id does not share."""
+    tick = os.sysconf("SC_CLK_TCK")
+    try:
+        tids = os.listdir(task_dir)
+    except OSError:
+        return
+    for tid in tids:
+        try:
+            with open(f"{task_dir}/{tid}/stat") as fh:
+                text = fh.read()
+        except OSError:
+            continue  # the thread ended between the listing and the read
+        name = text[text.find("(") + 1:text.rfind(")")]
+        fields = text[text.rfind(")") + 2:].split()
+        yield (tid, fields[19]), name, (int(fields[11]) + int(fields[12])) / tick
+
+
+class KafkaThreadsCpu(Collector):
+    """``pvaflow_kafka_threads_cpu_seconds_total``: CPU of this process's librdkafka threads.
+
+    Why: an idempotent or transactional producer (every pvaflow producer) whose broker answers
+    slower than ``linger.ms`` can busy-wait in its librdkafka broker thread (docs/operations.md,
+    "Large frames: batch.size"). ``process_cpu_seconds_total`` cannot tell that from the
+    component's own work; this counter can. Threads are the ones named ``rdk:*``; a thread that
+    ended keeps its last reading (folded into one sum, so memory stays with the live threads),
+    and the counter never goes back.
+
+    >>> c = KafkaThreadsCpu("bridge", task_dir="/nonexistent")
+    >>> [s.value for s in next(iter(c.collect())).samples]
+    [0.0]
+    """
+
+    def __init__(self, component: str, task_dir: str = "/proc/self/task") -> None:
+        self.component = component
+        self._task_dir = task_dir
+        self._live: dict[tuple[str, str], float] = {}  # (tid, start time) -> CPU seconds
+        self._ended = 0.0
+        self._lock = threading.Lock()
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        with self._lock:
+            now = {key: cpu for key, name, cpu in thread_cpu(self._task_dir)
+                   if name.startswith("rdk:")}
+            for key in self._live.keys() - now.keys():
+                self._ended += self._live.pop(key)
+            for key, cpu in now.items():
+                self._live[key] = max(cpu, self._live.get(key, 0.0))
+            total = self._ended + sum(self._live.values())
+        family = CounterMetricFamily(
+            "pvaflow_kafka_threads_cpu_seconds",
+            "CPU seconds spent in this process's librdkafka threads", labels=["component"])
+        family.add_metric([self.component], total)
+        yield family
 
 
 def consumer_lag(stats_json: str | bytes) -> dict[tuple[str, int], int]:
