@@ -48,12 +48,14 @@ from benchmarks.bridge import _default_sigint, _pid_listening, free_tcp_port, pv
 from benchmarks.report import (
     IMG,
     RESULTS,
+    kafka_thread_cpu,
     load_average,
     percentile,
     process_tree_cpu,
     table,
     write_section,
 )
+from pvaflow.kafka.settings import ENV_PREFIX, parse_override
 
 VENV_BIN = Path(sys.executable).parent
 PY = sys.executable
@@ -124,6 +126,7 @@ class Trial:
                                                                   workdir, h5)
         self.bridge_args, self.latency = list(bridge_args), latency
         self.tag = uuid.uuid4().hex[:6]
+        self.kafka_cpu: dict[str, float] = {}
         # sim start delay: PvaPy's consumers connect in it; pvaflow and bare wait for their
         # groups' readiness before the sim starts, and then the bridge connects in it
         self.delay = 8.0 if pipeline == "pvapy" else 6.0
@@ -163,11 +166,16 @@ class Trial:
         pids["sim"] = procs["sim"].pid
         if self.broker_pid:
             pids["broker"] = self.broker_pid
+        # pvaflow's processes: also the part spent in librdkafka's own threads
+        rdk = {k: p for k, p in pids.items() if k in ("bridge", "consumers", "collector")}
         time.sleep(self.delay + 0.5)
         cpu0 = {k: process_tree_cpu(p) for k, p in pids.items()}
+        rdk0 = {k: kafka_thread_cpu(p) for k, p in rdk.items()}
         t0 = time.monotonic()
         time.sleep(max(self.seconds - 1.0, 0.5))
         wall = time.monotonic() - t0
+        self.kafka_cpu = {k: round((kafka_thread_cpu(p) - rdk0[k]) / wall * 100, 1)
+                          for k, p in rdk.items()}
         return {k: round((process_tree_cpu(p) - cpu0[k]) / wall * 100, 1)
                 for k, p in pids.items()}
 
@@ -289,6 +297,7 @@ class Trial:
                 + col.get("missed", 0))
         res: dict[str, Any] = {
             "published": published, "out": col.get("emitted", 0), "lost": lost, "cpu": cpu,
+            "cpu_kafka_threads": self.kafka_cpu,
             "counts": {"bridge": {k: b.get(k) for k in ("received", "missed", "overruns",
                                                          "dropped", "delivery_errors")},
                        "collector": {k: col.get(k) for k in ("received", "emitted", "missed",
@@ -641,6 +650,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--latency-at", action="append", type=float, metavar="FPS",
                     help="also measure latency at FPS (repeatable), below the half-rate "
                          "trial's saturation; kept in the JSON as latency_at")
+    ap.add_argument("--kafka-setting", action="append", default=[], type=parse_override,
+                    metavar="KEY=VALUE",
+                    help="a librdkafka setting for every pvaflow component of the run (as "
+                         "PVAFLOW_KAFKA_*), repeatable; kept in the JSON (for A/B runs with "
+                         "--label)")
     ap.add_argument("--role", help=argparse.SUPPRESS)
     ap.add_argument("-b", dest="bootstrap", help=argparse.SUPPRESS)
     for hidden in ("--channel", "--topic", "--out", "--tag", "--source", "--h5", "--shape"):
@@ -659,13 +673,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             ap.error("--compare needs two or more labels, oldest first")
         render_compare(*a.compare)
         return 0
+    for key, value in a.kafka_setting:
+        os.environ[ENV_PREFIX + key.upper().replace(".", "_")] = value
     # stopped by a signal, the run still ends every process it started (finally blocks)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     signal.signal(signal.SIGINT, signal.default_int_handler)
     seconds = a.seconds or (3.0 if a.quick else 8.0)
     pipelines = a.only or list(PIPELINES)
     data: dict[str, Any] = {"seconds": seconds, "quick": a.quick, "partitions": PARTITIONS,
-                            "configs": {}, "codec": {}}
+                            "kafka_settings": dict(a.kafka_setting), "configs": {},
+                            "codec": {}}
     t_start = time.monotonic()
     with ExitStack() as stack:
         from pvaflow.ops.broker import external_or_local
