@@ -25,7 +25,7 @@ pytestmark = pytest.mark.integration
 # A fresh interpreter (it reads exactly the EPICS settings it is given) that monitors the
 # channel and pickles {uniqueId: Frame} with the payload copied out of pvapy's buffer.
 CLIENT = r"""
-import pickle, sys, threading, time
+import os, pickle, sys, threading, time
 from dataclasses import replace
 import pvaccess as pva
 from pvaflow.errors import FrameError
@@ -50,6 +50,9 @@ while time.monotonic() < deadline:
 ch.stopMonitor()
 with lock, open(out, "wb") as fh:
     pickle.dump(frames, fh)
+# pvapy's channel destructors can abort at exit under load (see tests/bridge/pva_client.py)
+sys.stdout.flush()
+os._exit(0)
 """
 
 

@@ -20,7 +20,7 @@ from pvaflow.codec import FrameError
 from pvaflow.ntnda import frame_from_ntnda
 
 
-def main() -> int:
+def main() -> None:
     out, n, timeout, channels = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), sys.argv[4:]
     frames: dict[str, dict[int, Any]] = {c: {} for c in channels}
     lock = threading.Lock()
@@ -47,12 +47,12 @@ def main() -> int:
         ch.stopMonitor()
     with lock, open(out, "wb") as f:
         pickle.dump(frames, f)
-    return 0
+    sys.stdout.flush()
+    # pvapy's channel destructors can abort the interpreter (SIGABRT under load with ten
+    # channels: "PyThreadState_Get: ... the GIL is released"), at exit or as soon as `chans`
+    # goes out of scope. The result is on disk: leave here, with every channel still alive.
+    os._exit(0)
 
 
 if __name__ == "__main__":
-    code = main()
-    sys.stdout.flush()
-    # pvapy's channel destructors can abort the interpreter at exit (SIGABRT seen under load
-    # with ten channels); the result is on disk, so leave without running them.
-    os._exit(code)
+    main()
