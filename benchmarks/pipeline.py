@@ -247,7 +247,7 @@ class Trial:
 
         for t in (frames, done):
             ensure_topic(t, PARTITIONS, bootstrap=self.bootstrap)
-        ports = [free_tcp_port(), free_tcp_port()]
+        ports = [free_tcp_port(), free_tcp_port(), free_tcp_port()]
         procs["collector"] = spawn(
             [*pvaflow, "collector", "-it", done, "-ot", ordered, "-g", f"col-{self.tag}",
              "--status-topic", "", "--metrics-port", str(ports[0]), *common],
@@ -258,7 +258,8 @@ class Trial:
              "--metrics-port", str(ports[1]), *common], self.log("consumers"), env)
         procs["bridge"] = spawn(
             [*pvaflow, "bridge", "-ic", channel, "-t", frames, "--partitions", str(PARTITIONS),
-             "-sqs", str(self.cfg["sqs"]), "--status-topic", "", *self.bridge_args, *common],
+             "-sqs", str(self.cfg["sqs"]), "--status-topic", "", "--metrics-port",
+             str(ports[2]), *self.bridge_args, *common],
             self.log("bridge"), env)
         # publishing starts once the collector and both consumers hold their partitions
         wait_until(lambda: all(_ready(p) for p in (ports[0], ports[1], ports[1] + 1)), 120)
@@ -269,7 +270,15 @@ class Trial:
         cpu = self._measure(procs)
         procs["sim"].wait(self.seconds + 120)
         published = self._published()
-        time.sleep(2.0)
+        # the bridge may still be taking frames from its PVA queues: stop it once its own
+        # count has every published frame, or has stopped moving (as PvaPy's sink, above)
+        took: list[int] = []
+
+        def caught_up() -> bool:
+            took.append(_metric_total(ports[2], ("pvaflow_bridge_frames_received_total",
+                                                 "pvaflow_bridge_source_missed_frames_total")))
+            return took[-1] >= published or (len(took) > 10 and took[-1] == took[-11])
+        wait_until(caught_up, 60, 0.5)
         stop(procs["bridge"], 120)
         from pvaflow.bridge.stats import parse_final
 
@@ -347,14 +356,28 @@ class Trial:
                     "count", 0)}, "latency_ms": sink.get("latency_ms")}
 
 
-def _ready(port: int) -> bool:
+def _get(port: int, path: str) -> str | None:
+    """A component's HTTP page on 127.0.0.1, or None if it does not answer 200."""
     import urllib.request
 
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as r:
-            return bool(r.status == 200)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as r:
+            return r.read().decode() if r.status == 200 else None
     except OSError:
-        return False
+        return None
+
+
+def _ready(port: int) -> bool:
+    return _get(port, "/readyz") is not None
+
+
+def _metric_total(port: int, names: Sequence[str]) -> int:
+    """The sum of the named counters' samples on a component's /metrics (0 if unreachable)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = _get(port, "/metrics") or ""
+    return int(sum(s.value for f in text_string_to_metric_families(text) for s in f.samples
+                   if s.name in names))
 
 
 def _read_int(path: Path) -> int:
