@@ -68,7 +68,7 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "128x128 uint8": {"source": "gen", "nx": 128, "ny": 128, "dt": "uint8", "sqs": 1000,
                       "rates": [250, 500, 1000, 2000, 4000]},
     "1024x1024 uint16 random": {"source": "gen", "nx": 1024, "ny": 1024, "dt": "uint16",
-                                "sqs": 200, "rates": [10, 25, 50, 100]},
+                                "sqs": 200, "rates": [10, 25, 50, 60, 70, 80, 90, 100]},
     "1024x1024 uint16 realistic bslz4": {"source": "h5c", "nx": 1024, "ny": 1024,
                                          "dt": "uint16", "sqs": 200,
                                          "rates": [25, 50, 100, 200]},
@@ -120,11 +120,14 @@ class Trial:
 
     def __init__(self, pipeline: str, cfg: dict[str, Any], rate: float, seconds: float,
                  bootstrap: str, broker_pid: int | None, workdir: Path, h5: Path,
-                 bridge_args: Sequence[str] = (), latency: bool = False) -> None:
+                 bridge_args: Sequence[str] = (), latency: bool = False,
+                 reorder_only: bool = False) -> None:
         self.pipeline, self.cfg, self.rate, self.seconds = pipeline, cfg, rate, seconds
         self.bootstrap, self.broker_pid, self.workdir, self.h5 = (bootstrap, broker_pid,
                                                                   workdir, h5)
         self.bridge_args, self.latency = list(bridge_args), latency
+        # --reorder-only: the collector writes no ordered topic, the bare pipeline's shape
+        self.reorder_only = reorder_only
         self.tag = uuid.uuid4().hex[:6]
         self.kafka_cpu: dict[str, float] = {}
         # sim start delay: PvaPy's consumers connect in it; pvaflow and bare wait for their
@@ -249,7 +252,8 @@ class Trial:
             ensure_topic(t, PARTITIONS, bootstrap=self.bootstrap)
         ports = [free_tcp_port(), free_tcp_port(), free_tcp_port()]
         procs["collector"] = spawn(
-            [*pvaflow, "collector", "-it", done, "-ot", ordered, "-g", f"col-{self.tag}",
+            [*pvaflow, "collector", "-it", done, *([] if self.reorder_only else ["-ot", ordered]),
+             "-g", f"col-{self.tag}",
              "--status-topic", "", "--metrics-port", str(ports[0]), *common],
             self.log("collector"), env)
         procs["consumers"] = spawn(
@@ -312,10 +316,11 @@ class Trial:
                        "collector": {k: col.get(k) for k in ("received", "emitted", "missed",
                                                               "late", "duplicates")}}}
         if self.latency:
-            res["latency_ms"] = ordered_latency(self.bootstrap, ordered,
-                                                col.get("emitted", 0)) or {}
+            stages = {"bridge": frames, "consumer": done}
+            res["latency_ms"] = {} if self.reorder_only else (
+                ordered_latency(self.bootstrap, ordered, col.get("emitted", 0)) or {})
             res["latency_ms"]["stages"] = stage_latency(
-                self.bootstrap, {"bridge": frames, "consumer": done, "collector": ordered},
+                self.bootstrap, stages if self.reorder_only else {**stages, "collector": ordered},
                 col.get("emitted", 0))
         return res
 
@@ -678,6 +683,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                     help="a librdkafka setting for every pvaflow component of the run (as "
                          "PVAFLOW_KAFKA_*), repeatable; kept in the JSON (for A/B runs with "
                          "--label)")
+    ap.add_argument("--reorder-only", action="store_true",
+                    help="pvaflow's collector reorders without writing its ordered topic: "
+                         "the bare pipeline's shape, whose last stage writes nothing (kept "
+                         "in the JSON; use with --label)")
     ap.add_argument("--role", help=argparse.SUPPRESS)
     ap.add_argument("-b", dest="bootstrap", help=argparse.SUPPRESS)
     for hidden in ("--channel", "--topic", "--out", "--tag", "--source", "--h5", "--shape"):
@@ -704,7 +713,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     seconds = a.seconds or (3.0 if a.quick else 8.0)
     pipelines = a.only or list(PIPELINES)
     data: dict[str, Any] = {"seconds": seconds, "quick": a.quick, "partitions": PARTITIONS,
-                            "kafka_settings": dict(a.kafka_setting), "configs": {},
+                            "kafka_settings": dict(a.kafka_setting),
+                            "reorder_only": a.reorder_only, "configs": {},
                             "codec": {}}
     t_start = time.monotonic()
     with ExitStack() as stack:
@@ -723,7 +733,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         def trial(pipe: str, cfg: dict[str, Any], bridge_args: Sequence[str] = (),
                   latency: bool = False) -> Callable[[float], Trial]:
             return lambda rate: Trial(pipe, cfg, rate, seconds, bootstrap, broker_pid, workdir,
-                                      h5, bridge_args, latency)
+                                      h5, bridge_args, latency, a.reorder_only)
 
         def latency_trial(pipe: str, cfg: dict[str, Any], rate: float) -> dict[str, Any]:
             t = trial(pipe, cfg, latency=True)(rate)
