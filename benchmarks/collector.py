@@ -83,9 +83,9 @@ def collector(bootstrap: str, topic: str, n: int, output: str | None) -> dict[st
     from benchmarks.report import rss_mib
     from pvaflow.component import Context
     from pvaflow.kafka.client import Kafka
-    from pvaflow.memory import release_large_frees
+    from pvaflow.memory import reuse_frame_memory
 
-    release_large_frees()  # as pvaflow-collector does at start
+    reuse_frame_memory()  # as pvaflow-collector does at start
     rss0 = rss_mib("VmRSS")
     tag = uuid.uuid4().hex[:6]
     cfg = CollectorConfig([topic], group=f"bench-col-{tag}", output_topic=output,

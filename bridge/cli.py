@@ -13,7 +13,7 @@ from pvaflow.errors import ConfigError
 from pvaflow.kafka.client import Kafka
 from pvaflow.kafka.settings import parse_override
 from pvaflow.kafka.topics import Replication
-from pvaflow.memory import release_large_frees
+from pvaflow.memory import reuse_frame_memory
 from pvaflow.options import (
     Parser,
     add_control_args,
@@ -170,7 +170,7 @@ def run_options(prog: str, args: argparse.Namespace) -> RunOptions:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parse(parser, argv)
-    release_large_frees()
+    reuse_frame_memory()
     try:
         bridge = Bridge(config_from_args(args))
     except ConfigError as exc:

@@ -15,7 +15,7 @@ from pvaflow.hdf5 import COMPRESSIONS
 from pvaflow.kafka.client import Kafka
 from pvaflow.kafka.positions import ReplaySpec, replay_group
 from pvaflow.kafka.topics import Replication
-from pvaflow.memory import release_large_frees
+from pvaflow.memory import reuse_frame_memory
 from pvaflow.options import (
     Parser,
     add_control_args,
@@ -142,7 +142,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                     class_name=args.processor_class, config=args.processor_args)
         except PluginError as exc:
             parser.error(str(exc))
-    release_large_frees()
+    reuse_frame_memory()
     if not (args.output_topic or args.output_channel or args.output_dir):
         log.warning("no output given (--output-topic/--output-channel/--output-dir): "
                     "frames are reordered and counted only")

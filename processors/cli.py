@@ -17,7 +17,7 @@ from pvaflow.errors import UsageError
 from pvaflow.kafka.client import Kafka
 from pvaflow.kafka.positions import ReplaySpec, replay_group
 from pvaflow.kafka.topics import Replication
-from pvaflow.memory import release_large_frees
+from pvaflow.memory import reuse_frame_memory
 from pvaflow.options import (
     Parser,
     add_control_args,
@@ -140,7 +140,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return spawn(argv, ids, args.metrics_port)
     args.consumer_id = ids[0]
-    release_large_frees()
+    reuse_frame_memory()
     _pvapy_log_level(args.log_level)
     return run_command(PROG, lambda: run(args))
 
