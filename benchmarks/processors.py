@@ -106,9 +106,9 @@ def child_runner(bootstrap: str, topic: str, out: str, n: int, batch: int,
     from benchmarks.report import rss_mib
     from pvaflow.component import Context
     from pvaflow.kafka.client import Kafka
-    from pvaflow.memory import release_large_frees
+    from pvaflow.memory import reuse_frame_memory
 
-    release_large_frees()  # as pvaflow-consumer does at start
+    reuse_frame_memory()  # as pvaflow-consumer does at start
     base = rss_mib("VmRSS")
     cfg = RunnerConfig(input_topic=topic, group=f"bench-runner-{uuid.uuid4().hex[:8]}",
                        output_topic=out, dlq_topic=None, max_queue_size=max_queue,
@@ -280,10 +280,10 @@ The RSS bound is documented in docs/plugins.md ("Memory"): interpreter baseline 
 `queued.max.messages.kbytes` + 2 x `fetch.max.bytes` (the fetch overshooting the prefetch, and
 the oldest response, which stays allocated while any of its messages lives) + (batch + 2) x
 frame size + min(`--max-queue-size` x frame size, `queue.buffering.max.kbytes`). Peak RSS is
-the process's own high-water mark (`VmHWM`). The runner fixes glibc's mmap threshold at
-1 MiB as `pvaflow-consumer` does (`pvaflow.memory`); the bare loop runs with glibc's default,
-which keeps freed 2 MiB frames in the heap (measured 80-135 MiB at the peak), so its peak is
-shown for comparison, not held to the bound.
+the process's own high-water mark (`VmHWM`). The runner sets glibc's malloc as
+`pvaflow-consumer` does (`pvaflow.memory`: every frame from the heap, freed frames reused);
+the bare loop runs with glibc's default, so its peak is shown for comparison, not held to the
+bound.
 
 ![processors](img/processors.png)
 """
