@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from pvaflow.metrics import thread_cpu
+from pvaflow.metrics import kafka_threads_cpu
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "performance.md"
@@ -119,8 +119,7 @@ def kafka_thread_cpu(pid: int) -> float:
     """CPU seconds of the librdkafka threads (named ``rdk:*``) in ``pid`` and its live
     descendants: the share of a process's CPU that its Kafka clients' own threads spend
     (a busy-waiting producer shows here, not in the Python threads)."""
-    return sum((cpu for p in descendants(pid) for _, name, cpu in thread_cpu(f"/proc/{p}/task")
-                if name.startswith("rdk:")), 0.0)
+    return sum((sum(kafka_threads_cpu(f"/proc/{p}/task").values()) for p in descendants(pid)), 0.0)
 
 
 def process_tree_cpu(pid: int) -> float:

@@ -149,6 +149,11 @@ def thread_cpu(task_dir: str = "/proc/self/task") -> Iterator[tuple[tuple[str, s
         yield (tid, fields[19]), name, (int(fields[11]) + int(fields[12])) / tick
 
 
+def kafka_threads_cpu(task_dir: str = "/proc/self/task") -> dict[tuple[str, str], float]:
+    """:func:`thread_cpu` of the librdkafka threads only (librdkafka names them ``rdk:*``)."""
+    return {key: cpu for key, name, cpu in thread_cpu(task_dir) if name.startswith("rdk:")}
+
+
 class KafkaThreadsCpu(Collector):
     """``pvaflow_kafka_threads_cpu_seconds_total``: CPU of this process's librdkafka threads.
 
@@ -173,8 +178,7 @@ class KafkaThreadsCpu(Collector):
 
     def collect(self) -> Iterator[CounterMetricFamily]:
         with self._lock:
-            now = {key: cpu for key, name, cpu in thread_cpu(self._task_dir)
-                   if name.startswith("rdk:")}
+            now = kafka_threads_cpu(self._task_dir)
             for key in self._live.keys() - now.keys():
                 self._ended += self._live.pop(key)
             for key, cpu in now.items():
