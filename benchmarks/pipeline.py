@@ -317,11 +317,13 @@ class Trial:
                                                               "late", "duplicates")}}}
         if self.latency:
             stages = {"bridge": frames, "consumer": done}
-            res["latency_ms"] = {} if self.reorder_only else (
-                ordered_latency(self.bootstrap, ordered, col.get("emitted", 0)) or {})
-            res["latency_ms"]["stages"] = stage_latency(
-                self.bootstrap, stages if self.reorder_only else {**stages, "collector": ordered},
-                col.get("emitted", 0))
+            res["latency_ms"] = {}
+            if not self.reorder_only:  # the collector's ordered topic holds the last stamps
+                stages["collector"] = ordered
+                res["latency_ms"] = ordered_latency(self.bootstrap, ordered,
+                                                    col.get("emitted", 0)) or {}
+            res["latency_ms"]["stages"] = stage_latency(self.bootstrap, stages,
+                                                        col.get("emitted", 0))
         return res
 
     # -- bare Kafka ----------------------------------------------------------------------
