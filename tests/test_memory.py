@@ -16,7 +16,7 @@ import pytest
 # grew: how far the heap grew (arena + mapped blocks) in the workload's second round, MiB.
 PROBE = """
 import ctypes, json, resource, sys
-from pvaflow.memory import reuse_frame_memory
+from pvaflow.memory import FRAME_MMAP_THRESHOLD, reuse_frame_memory
 class MallInfo2(ctypes.Structure):
     _fields_ = [(n, ctypes.c_size_t) for n in
                 "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost"
@@ -33,7 +33,7 @@ if mode == "fixed":
 elif mode == "mmap":
     assert libc.mallopt(-3, 1 << 20)
 elif mode == "mmap-only":
-    assert libc.mallopt(-3, 32 << 20)
+    assert libc.mallopt(-3, FRAME_MMAP_THRESHOLD)
 out = {}
 faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 if workload == "stream":
