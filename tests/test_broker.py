@@ -97,6 +97,15 @@ def test_properties_fit_frames_and_stay_on_loopback(tmp_path: Path) -> None:
                        ).server_properties()["num.partitions"] == 3
 
 
+def test_jvm_options_come_from_a_variable_no_client_reads(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The variable once shared the PVAFLOW_KAFKA_ prefix of librdkafka settings, and every
+    # client started beside such a broker failed on an unknown setting "opts".
+    monkeypatch.setenv("PVAFLOW_BROKER_JVM_OPTS", "-XX:G1HeapRegionSize=16m -Da=b")
+    cmd = LocalBroker(tmp_path, 1, controller_port=2)._jvm(tmp_path, "-Dlog")
+    assert cmd[cmd.index("-XX:G1HeapRegionSize=16m") + 1] == "-Da=b"
+
+
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     return subprocess.run([sys.executable, "-m", "pvaflow.ops.broker", *args], env=env,

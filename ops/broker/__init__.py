@@ -34,7 +34,7 @@ re-exports what callers use.
 Environment: ``KAFKA_VERSION`` (default 4.1.1; 3.x works too), ``PVAFLOW_CACHE`` (cache root,
 default ``~/.cache/pvaflow``), ``PVAFLOW_MAVEN_ARGS`` (extra Maven arguments, e.g.
 ``-o -Dmaven.repo.local=/path``), ``MAVEN_REPO_LOCAL`` (shortcut for the latter),
-``PVAFLOW_KAFKA_OPTS`` (extra JVM options), ``JAVA_HOME``.
+``PVAFLOW_BROKER_JVM_OPTS`` (extra JVM options), ``JAVA_HOME``.
 """
 
 from __future__ import annotations

@@ -301,7 +301,7 @@ class LocalBroker:
             "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20",
             "-XX:InitiatingHeapOccupancyPercent=35", "-XX:+ExplicitGCInvokesConcurrent",
             "-Djava.awt.headless=true", log_opt, f"-Dkafka.logs.dir={self.log_dir}",
-            *shlex.split(os.environ.get("PVAFLOW_KAFKA_OPTS", "")), *self.jvm_opts,
+            *shlex.split(os.environ.get("PVAFLOW_BROKER_JVM_OPTS", "")), *self.jvm_opts,
             "-cp", str(libs / "*"),
         ]
 
