@@ -119,12 +119,14 @@ def test_one_consumer_of_two_killed_mid_stream_every_id_once_in_order(
     n = 4000
     col = collector(procs, kafka_bootstrap, processed, ordered, f"g-{ordered}", ctl)
     group = f"c-{frames}"
-    consumer(procs, kafka_bootstrap, frames, processed, group, ctl, 1,
-             "--processor-args", '{"max_delay": 0.002}')
+    survivor = consumer(procs, kafka_bootstrap, frames, processed, group, ctl, 1,
+                        "--processor-args", '{"max_delay": 0.002}')
     # no commit within the test: every output it delivered is processed again by the survivor
     victim = consumer(procs, kafka_bootstrap, frames, processed, group, ctl, 2,
                       "--processor-args", '{"max_delay": 0.002}', "--commit-interval", "3600")
-    wait_for(lambda: HOLDS.search(victim.text()), 90, "the second consumer to hold a partition")
+    # both in the group before the feed: a late join would revoke, and so commit, the victim's
+    for m in (survivor, victim):
+        wait_for(lambda m=m: HOLDS.search(m.text()), 90, "each consumer to hold a partition")
 
     feeder, fed = paced_feed(kafka_bootstrap, frames, n, 40, 0.1)  # ~400 frames/s, ~10 s
     try:
