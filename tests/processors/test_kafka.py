@@ -189,8 +189,10 @@ def test_control_topic_commands_reach_the_plugin_and_stop_ends_the_process(
     p.produce(control, json.dumps(command_message("consumer", "stop")).encode())
     p.flush(10)
     assert c.wait(30) == 0
-    final = [m for m in status_messages() if m["type"] == "status" and m.get("final")]
-    assert final and final[-1]["stats"]["processed"] == 0  # reset_stats took effect
+    # one read of the status topic may end before a slow broker serves it all: wait for it
+    final = wait_for(lambda: [m for m in status_messages()
+                              if m["type"] == "status" and m.get("final")], 30, "a final status")
+    assert final[-1]["stats"]["processed"] == 0  # reset_stats took effect
 
 
 def test_codec_encoded_output_keeps_key_as_unique_id(
