@@ -28,6 +28,11 @@ from pvaflow.process import die_with_parent, free_port
 # :meth:`SimServer.wait_for_frames` when a test needs them.)
 MIN_START_DELAY = 1.0
 
+# A gated server (``sim_args(gated=True)``) publishes its first frame on
+# :meth:`SimServer.release`, or after this many seconds if nobody releases it.
+GATE_TIMEOUT = 300.0
+GATED = "pvaflow.ops.sim_gate"
+
 
 def free_udp_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
@@ -105,7 +110,7 @@ def sim_args(
     start_delay: float = MIN_START_DELAY, report_period: int = 0, color_mode: int = 0,
     input_file: str | Path | None = None, hdf5_dataset: str | None = None,
     hdf5_compressed: bool = False, metadata_pvs: Sequence[str] = (),
-    extra_args: Sequence[str] = (),
+    extra_args: Sequence[str] = (), gated: bool = False,
 ) -> list[str]:
     """Command line for the sim server. ``n_frames`` distinct frames are published
     round-robin until ``runtime``; ``total_frames=N`` publishes exactly N, then exits.
@@ -118,9 +123,13 @@ def sim_args(
     ``metadata_pvs`` (``-mpv``): ``pva://NAME`` or ``ca://NAME`` records set to a random value
     just before each frame, stamped with the frame's time (PVA) or the put time (CA); CA ones
     need :func:`ca_loopback_env` in the server's and the clients' environment.
-    ``start_delay`` below :data:`MIN_START_DELAY` is raised to it (``-std 0`` races)."""
-    start_delay = max(start_delay, MIN_START_DELAY)
-    args = [sim_server_exe(), "-cn", channel, "-nx", str(nx), "-ny", str(ny), "-dt", datatype,
+    ``start_delay`` below :data:`MIN_START_DELAY` is raised to it (``-std 0`` races).
+
+    ``gated``: the first frame waits for :meth:`SimServer.release` instead of ``start_delay``
+    (at most :data:`GATE_TIMEOUT`), for tests whose clients must connect before frame 1."""
+    start_delay = GATE_TIMEOUT if gated else max(start_delay, MIN_START_DELAY)
+    exe = [sys.executable, "-m", GATED] if gated else [sim_server_exe()]
+    args = [*exe, "-cn", channel, "-nx", str(nx), "-ny", str(ny), "-dt", datatype,
             "-fps", str(fps), "-rt", str(runtime), "-std", str(start_delay), "-shd", "0",
             "-rp", str(report_period), "-cm", str(color_mode), "-dc"]
     if total_frames is not None:
@@ -248,6 +257,13 @@ class SimServer:
                 raise TimeoutError(f"sim server published {uid} of {n} frames within "
                                    f"{timeout} s:\n{self.log_text()[-3000:]}")
             time.sleep(0.1)
+
+    def release(self) -> None:
+        """Let a gated server (``sim_args(gated=True)``) publish its first frame: call it once
+        every client that must see frame 1 has connected."""
+        if GATED not in self.args or self.proc is None or self.proc.poll() is not None:
+            raise RuntimeError(f"sim server {self.channel} is not a running gated server")
+        os.kill(self.proc.pid, signal.SIGUSR1)
 
     def apply_env(self) -> None:
         """Client settings into os.environ: needed before this process's first channel."""

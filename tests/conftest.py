@@ -404,7 +404,7 @@ def sim_server(
 
     ``sim_server(*, channel=None, nx=64, ny=64, datatype="uint8", fps=10.0, runtime=3600.0,
     n_frames=10, total_frames=None, start_delay=MIN_START_DELAY, report_period=0,
-    color_mode=0, extra_args=(), ready_timeout=30.0, wait_frames=0) -> SimServer``
+    color_mode=0, extra_args=(), ready_timeout=30.0, wait_frames=0, gated=False) -> SimServer``
 
     ``n_frames`` distinct random frames are generated up front and published round-robin
     (forever, until ``runtime``). ``total_frames=N`` instead publishes exactly N frames and
@@ -416,6 +416,9 @@ def sim_server(
     Readiness: the factory returns once the server listens. ``wait_frames=N`` also waits until
     it has published N frames (a pvAccess get of uniqueId), for tests that need frames out
     before they go on; other tests wait on their bridge or clients, never on a fixed sleep.
+    ``gated=True``: the first frame waits for ``server.release()``, which a test that needs
+    every frame from uniqueId 1 calls once its clients have connected (not a start delay
+    that a slow start-up could outlast).
     """
     servers: list[SimServer] = []
 
@@ -424,7 +427,7 @@ def sim_server(
         fps: float = 10.0, runtime: float = 3600.0, n_frames: int = 10,
         total_frames: int | None = None, start_delay: float = MIN_START_DELAY,
         report_period: int = 0, color_mode: int = 0, extra_args: Sequence[str] = (),
-        ready_timeout: float = 30.0, wait_frames: int = 0,
+        ready_timeout: float = 30.0, wait_frames: int = 0, gated: bool = False,
     ) -> SimServer:
         if channel is None:
             channel = f"sim:{_slug(request.node.name, 40)}:{uuid.uuid4().hex[:6]}"
@@ -432,6 +435,7 @@ def sim_server(
             channel, nx=nx, ny=ny, datatype=datatype, fps=fps, runtime=runtime,
             n_frames=n_frames, total_frames=total_frames, start_delay=start_delay,
             report_period=report_period, color_mode=color_mode, extra_args=extra_args,
+            gated=gated,
         )
         log = tmp_path / f"sim-{_slug(channel, 60)}.log"
         server = SimServer(args, channel, pva_env, log, ready_timeout)

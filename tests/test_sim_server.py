@@ -12,6 +12,8 @@ from typing import Any
 
 import pytest
 
+from tests.procs import wait_for
+
 pytestmark = pytest.mark.integration
 
 # A fresh interpreter so the client reads exactly the EPICS settings it is given.
@@ -123,3 +125,32 @@ def test_total_frames_then_exit(sim_server: Callable[..., Any]) -> None:
         time.sleep(0.2)
     assert not server.is_running()
     assert "after publishing 20" in server.log_text()
+
+
+def test_gated_server_publishes_from_unique_id_1_when_released(
+        sim_server: Callable[..., Any]) -> None:
+    """A gated server serves its channel but publishes nothing until released; then a client
+    that connected before sees every frame from uniqueId 1. A plain server cannot be released
+    (the signal would kill it)."""
+    import pvaccess as pva
+
+    server = sim_server(nx=8, ny=8, fps=50, total_frames=20, gated=True)
+    got: list[int] = []
+    ch = pva.Channel(server.channel)
+    ch.subscribe("ids", lambda pv: got.append(pv["uniqueId"]))
+    ch.startMonitor("field(uniqueId)")
+    try:
+        wait_for(ch.isConnected, 30, "the client to connect")
+        time.sleep(2)  # a window for a frame that must not come
+        assert [u for u in got if u > 0] == [] and server.current_unique_id() == 0
+        server.release()
+        wait_for(lambda: len([u for u in got if u > 0]) >= 20, 60, "20 frames")
+        assert [u for u in got if u > 0] == list(range(1, 21))
+    finally:
+        ch.stopMonitor()
+    wait_for(lambda: not server.is_running(), 30, "the server to exit after its frames")
+    assert "after publishing 20" in server.log_text()
+    plain = sim_server(nx=8, ny=8)
+    with pytest.raises(RuntimeError, match="not a running gated server"):
+        plain.release()
+    assert plain.is_running()
