@@ -72,12 +72,15 @@ def test_bslz4_stream_bridge_rotate_consumers_collector_to_hdf5(
     admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
     wait_for(lambda: group_ready(admin, group, 2, 2), 120, "two consumers sharing 2 "
              "partitions", logs=[consumers])
-    # The bridge connects during the server's start delay; frames flow at a modest rate.
-    sim = sim_server(fps=4, total_frames=FRAMES, start_delay=8.0,
+    # The first frame waits for the bridge to connect; frames flow at a modest rate.
+    sim = sim_server(fps=4, total_frames=FRAMES, gated=True,
                      extra_args=["-if", str(source), "-hds", DATASET, "-hcm"])
     bridge = run("bridge", "pvaflow.bridge.cli", "--input-channel", sim.channel, "--topic",
                  frames, "--partitions", "2", "--report-period", "1", *b, *NO_CONTROL)
     procs = [bridge, consumers, collector]
+    wait_for(lambda: f"channel {sim.channel} connected" in bridge.text(), 90,
+             "the bridge to connect", logs=procs)
+    sim.release()
 
     def emitted() -> int:
         found = re.findall(r"emitted (\d+)", collector.text())

@@ -75,6 +75,30 @@ def by_partition(records: Sequence[Record]) -> dict[int, list[int]]:
     return {p: [u for _, u in sorted(v)] for p, v in sorted(out.items())}
 
 
+CLIENT = Path(__file__).with_name("pva_client.py")
+
+
+def start_client(tmp_path: Path, out: Path, frames: int, timeout: float, *channels: str,
+                 script: Sequence[str] = (str(CLIENT),)) -> subprocess.Popen[bytes]:
+    """A direct PVA client (``pva_client.py``, or ``script``'s ``python`` arguments taking
+    the same command line) in the background; its output goes to ``client.out``."""
+    with open(tmp_path / "client.out", "wb") as log:
+        return subprocess.Popen([sys.executable, *script, str(out), str(frames), str(timeout),
+                                 *channels], env=dict(os.environ), stdout=log,
+                                stderr=subprocess.STDOUT)
+
+
+def wait_subscribed(client: subprocess.Popen[bytes], tmp_path: Path,
+                    timeout: float = 90.0) -> None:
+    """Until the client says every monitor has started (then a gated server may publish)."""
+    log = tmp_path / "client.out"
+    deadline = time.monotonic() + timeout
+    while "subscribed" not in log.read_text(errors="replace"):
+        if client.poll() is not None or time.monotonic() > deadline:
+            raise AssertionError(f"the direct client did not subscribe:\n{log.read_text()}")
+        time.sleep(0.1)
+
+
 class BridgeProcess:
     """The real ``pvaflow-bridge`` command in a subprocess (SIGINT, exit code, stdout)."""
 

@@ -1,7 +1,9 @@
 """A direct PVA client (run as a subprocess): what an EPICS client receives, for comparison.
 
 ``python pva_client.py OUT.pkl N TIMEOUT CHANNEL...`` monitors every channel and pickles
-``{channel: {uniqueId: Frame}}`` (arrays copied) once N frames per channel arrived.
+``{channel: {uniqueId: Frame}}`` (arrays copied) once N frames per channel arrived. Prints
+``subscribed`` once every monitor has delivered its first update (the record's value when the
+monitor started): from then on it sees every frame published (what a gated sim server waits for).
 """
 
 from __future__ import annotations
@@ -25,8 +27,11 @@ def main() -> None:
     frames: dict[str, dict[int, Any]] = {c: {} for c in channels}
     lock = threading.Lock()
     chans = []
+    started: set[str] = set()
     for name in channels:
         def cb(pv: Any, name: str = name) -> None:
+            with lock:
+                started.add(name)
             try:
                 f = frame_from_ntnda(pv, name)
             except FrameError:
@@ -38,8 +43,12 @@ def main() -> None:
         chans.append(ch)
     print("monitoring", flush=True)
     deadline = time.monotonic() + timeout
+    announced = False
     while time.monotonic() < deadline:
         with lock:
+            if not announced and len(started) == len(channels):
+                print("subscribed", flush=True)
+                announced = True
             if all(len(v) >= n for v in frames.values()):
                 break
         time.sleep(0.05)

@@ -4,10 +4,7 @@ numbers, and with the CPU the compression took in the bridge's statistics."""
 
 from __future__ import annotations
 
-import os
 import pickle
-import subprocess
-import sys
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
@@ -20,8 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from pvaflow.codec import decode
 from pvaflow.process import free_port
 
-from .conftest import BridgeProcess, by_partition, read_topic
-from .test_fidelity import CLIENT
+from .conftest import BridgeProcess, by_partition, read_topic, start_client, wait_subscribed
 
 pytestmark = pytest.mark.integration
 
@@ -34,7 +30,7 @@ def test_codec_bslz4_records_decode_to_the_direct_clients_pixels(
     make_topic: Callable[..., str], kafka_bootstrap: str, tmp_path: Path,
 ) -> None:
     sim = sim_server(nx=1024, ny=1024, datatype="uint16", fps=10, total_frames=FRAMES,
-                     start_delay=8)
+                     gated=True)
     topic = make_topic(2, config=BIG)
     metrics_port = free_port()
     bridge = bridge_process("--input-channel", sim.channel, "--topic", topic,
@@ -42,10 +38,11 @@ def test_codec_bslz4_records_decode_to_the_direct_clients_pixels(
                             "-X", f"message.max.bytes={8 << 20}",
                             "--metrics-port", str(metrics_port))
     out = tmp_path / "direct.pkl"
-    client = subprocess.Popen([sys.executable, str(CLIENT), str(out), str(FRAMES), "60",
-                               sim.channel], env=dict(os.environ))
-    bridge.wait_for(f"channel {sim.channel} connected", timeout=30)
-    assert client.wait(90) == 0
+    client = start_client(tmp_path, out, FRAMES, 120, sim.channel)
+    bridge.wait_for(f"channel {sim.channel} connected", timeout=90)
+    wait_subscribed(client, tmp_path)
+    sim.release()
+    assert client.wait(150) == 0
     direct: dict[int, Any] = pickle.loads(out.read_bytes())[sim.channel]
     bridge.wait_stats("delivered", FRAMES, timeout=60)
     with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as r:

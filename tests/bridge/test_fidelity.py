@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import pickle
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Callable
@@ -18,14 +15,13 @@ from confluent_kafka import Consumer, TopicPartition
 
 from pvaflow.codec import decode
 
-from .conftest import BridgeProcess
+from .conftest import BridgeProcess, start_client
 
 pytestmark = pytest.mark.integration
 
 DTYPES = ("int8", "uint8", "int16", "uint16", "int32", "uint32", "int64", "uint64",
           "float32", "float64")
 FRAMES = 8
-CLIENT = Path(__file__).with_name("pva_client.py")
 
 
 def test_every_dtype_is_bit_identical_to_a_direct_client(
@@ -45,8 +41,7 @@ def test_every_dtype_is_bit_identical_to_a_direct_client(
     for s in sims:
         bridge.wait_for(f"channel {s.channel} connected", timeout=120)
     out = tmp_path / "direct.pkl"
-    client = subprocess.Popen([sys.executable, str(CLIENT), str(out), str(FRAMES), "240",
-                               *(s.channel for s in sims)], env=dict(os.environ))
+    client = start_client(tmp_path, out, FRAMES, 240, *(s.channel for s in sims))
     assert client.wait(300) == 0
     direct: dict[str, dict[int, Any]] = pickle.loads(out.read_bytes())
     got_by_topic = {t: _read_ids(kafka_bootstrap, t, set(direct[s.channel]))

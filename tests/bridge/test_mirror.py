@@ -18,8 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from pvaflow.process import free_port
 
-from .conftest import BridgeProcess
-from .test_fidelity import CLIENT
+from .conftest import BridgeProcess, start_client, wait_subscribed
 
 pytestmark = pytest.mark.integration
 FRAMES = 10
@@ -30,7 +29,7 @@ def test_mirror_serves_the_source_frames(
     make_topic: Callable[..., str], kafka_bootstrap: str, tmp_path: Path,
 ) -> None:
     sim = sim_server(nx=32, ny=16, datatype="uint16", fps=20, total_frames=FRAMES,
-                     start_delay=8)
+                     gated=True)
     topic = make_topic(2)
     channel = f"mirror:{uuid.uuid4().hex[:8]}"
     port, metrics_port = free_port(), free_port()
@@ -47,10 +46,11 @@ def test_mirror_serves_the_source_frames(
         bridge = bridge_process("--input-channel", sim.channel, "--topic", topic,
                                 "--partitions", "2")
         result = tmp_path / "frames.pkl"
-        client = subprocess.run(
-            [sys.executable, str(CLIENT), str(result), str(FRAMES), "45", sim.channel, channel],
-            env=dict(os.environ), timeout=90)
-        assert client.returncode == 0
+        client = start_client(tmp_path, result, FRAMES, 120, sim.channel, channel)
+        bridge.wait_for(f"channel {sim.channel} connected", timeout=90)
+        wait_subscribed(client, tmp_path)
+        sim.release()
+        assert client.wait(150) == 0
         bridge.final()
         with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as r:
             scraped = r.read().decode()

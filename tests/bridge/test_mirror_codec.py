@@ -19,27 +19,34 @@ import pytest
 
 from pvaflow.process import free_port
 
-from .conftest import BridgeProcess
+from .conftest import BridgeProcess, start_client, wait_subscribed
 
 pytestmark = pytest.mark.integration
 FRAMES = 6
 
 # Monitors the source (plain pixels) and the mirror (bslz4, decoded the PvaPy way), pickles
 # {"source": {uid: image}, "mirror": {uid: (image, codec fields)}}.
+# Takes pva_client.py's command line (OUT N TIMEOUT SOURCE MIRROR) and, like it, prints
+# "subscribed" once both monitors have started.
 CLIENT = r"""
 import os, pickle, sys, threading, time
 import numpy as np
 import pvaccess as pva
 from pvapy.utility.adImageUtility import AdImageUtility
-out, source, mirror, want, timeout = sys.argv[1:4] + [int(sys.argv[4]), float(sys.argv[5])]
-got, lock = {"source": {}, "mirror": {}}, threading.Lock()
+out, want, timeout, source, mirror = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), \
+    sys.argv[4], sys.argv[5]
+got, lock, started = {"source": {}, "mirror": {}}, threading.Lock(), set()
 def on_source(pv):
+    with lock:
+        started.add("source")
     if not pv["value"][0]:
         return
     uid, image, *_ = AdImageUtility.reshapeNtNdArray(pv)
     with lock:
         got["source"][uid] = np.array(image)
 def on_mirror(pv):
+    with lock:
+        started.add("mirror")
     if not pv["value"][0]:
         return
     uid, image, *_ = AdImageUtility.reshapeNtNdArray(pv)
@@ -52,9 +59,12 @@ def on_mirror(pv):
 chans = [pva.Channel(source), pva.Channel(mirror)]
 chans[0].monitor(on_source, "record[queueSize=100]field()")
 chans[1].monitor(on_mirror, "record[queueSize=100]field()")
-deadline = time.monotonic() + timeout
+deadline, announced = time.monotonic() + timeout, False
 while time.monotonic() < deadline:
     with lock:
+        if not announced and len(started) == 2:  # both monitors started
+            print("subscribed", flush=True)
+            announced = True
         if all(len(v) >= want for v in got.values()):
             break
     time.sleep(0.05)
@@ -73,7 +83,7 @@ def test_pvapy_decompresses_the_mirrors_bslz4_frames_to_the_source_pixels(
     make_topic: Callable[..., str], kafka_bootstrap: str, tmp_path: Path,
 ) -> None:
     sim = sim_server(nx=256, ny=128, datatype="uint16", fps=10, total_frames=FRAMES,
-                     start_delay=10)
+                     gated=True)
     topic = make_topic(1)
     channel = f"mirror:{uuid.uuid4().hex[:8]}"
     port = free_port()
@@ -89,10 +99,12 @@ def test_pvapy_decompresses_the_mirrors_bslz4_frames_to_the_source_pixels(
         bridge = bridge_process("--input-channel", sim.channel, "--topic", topic,
                                 "--codec", "bslz4")
         result = tmp_path / "frames.pkl"
-        client = subprocess.run(
-            [sys.executable, "-c", CLIENT, str(result), sim.channel, channel, str(FRAMES),
-             "60"], env=dict(os.environ), timeout=120, capture_output=True, text=True)
-        assert client.returncode == 0, client.stderr
+        client = start_client(tmp_path, result, FRAMES, 120, sim.channel, channel,
+                              script=("-c", CLIENT))
+        bridge.wait_for(f"channel {sim.channel} connected", timeout=90)
+        wait_subscribed(client, tmp_path)
+        sim.release()
+        assert client.wait(150) == 0, (tmp_path / "client.out").read_text()
         s = bridge.final()
         assert s["codec_frames"] == FRAMES
     finally:

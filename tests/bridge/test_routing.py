@@ -19,9 +19,10 @@ FRAMES = 30
 def stream(sim_server: Callable[..., Any], bridge_process: Callable[..., BridgeProcess],
            *args: str) -> dict[str, Any]:
     """FRAMES frames, published after the bridge has connected (so uniqueIds start at 1)."""
-    sim = sim_server(nx=16, ny=8, fps=50, total_frames=FRAMES, start_delay=6)
+    sim = sim_server(nx=16, ny=8, fps=50, total_frames=FRAMES, gated=True)
     bridge = bridge_process("--input-channel", sim.channel, *args)
-    bridge.wait_for(f"channel {sim.channel} connected", timeout=20)
+    bridge.wait_for(f"channel {sim.channel} connected", timeout=90)
+    sim.release()
     bridge.wait_stats("delivered", FRAMES)
     s = bridge.final()
     assert (s["received"], s["delivered"], s["missed"], s["dropped"]) == (FRAMES, FRAMES, 0, 0)

@@ -44,13 +44,16 @@ def _group_ready(admin: AdminClient, group: str, members: int, partitions: int) 
 
 def _start_source(sim_server: Callable[..., Any], run_proc: Callable[..., Proc], topic: str,
                   partitions: int, updates: int, sets: str | None = None) -> Proc:
-    sim = sim_server(nx=NX, ny=NY, datatype="uint8", fps=20, total_frames=FRAMES,
-                     start_delay=6)
+    sim = sim_server(nx=NX, ny=NY, datatype="uint8", fps=20, total_frames=FRAMES, gated=True)
     args = ["--input-channel", sim.channel, "--topic", topic, "--partitions", str(partitions),
-            "--distributor-updates", str(updates), "--runtime", "90", "--report-period", "5"]
+            "--distributor-updates", str(updates), "--runtime", "180", "--report-period", "5"]
     if sets:
         args += ["--distributor-sets", sets]
-    return run_proc("pvaflow.bridge.cli", *args, name="bridge")
+    bridge = run_proc("pvaflow.bridge.cli", *args, name="bridge")
+    wait_for(lambda: f"channel {sim.channel} connected" in bridge.text(), 90,
+             "the bridge to connect", logs=[bridge])
+    sim.release()  # every frame from uniqueId 1, as the seed's consumers expect
+    return bridge
 
 
 def _outputs(kafka_bootstrap: str, out: str, expected: int) -> dict[str, list[Record]]:
