@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 import urllib.request
 import uuid
@@ -32,6 +33,7 @@ from pvaflow.errors import ConfigError
 from pvaflow.frame import EpicsTime, Frame
 from pvaflow.plugin import PvaPyAdapter
 from pvaflow.process import free_port
+from tests.procs import wait_for
 
 from .conftest import BridgeProcess, read_topic
 
@@ -216,7 +218,7 @@ def test_pvapy_plugin_reads_the_values_from_metadata_queue_map() -> None:
 @pytest.fixture
 def metadata_sim(tmp_path: Path, pva_env: dict[str, str],
                  monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[SimServer, str, str]]:
-    """A sim server updating a CA and a PVA metadata PV with each frame (CA settings in
+    """A gated sim server updating a CA and a PVA metadata PV with each frame (CA settings in
     os.environ so that bridges started by the test find its embedded IOC)."""
     tag = uuid.uuid4().hex[:6]
     channel, ca, pv = f"md:{tag}:image", f"md:{tag}:ca", f"md:{tag}:pva"
@@ -224,7 +226,7 @@ def metadata_sim(tmp_path: Path, pva_env: dict[str, str],
     for k, v in ca_env.items():
         monkeypatch.setenv(k, v)
     args = sim_args(channel, nx=16, ny=16, fps=5, n_frames=4,
-                    metadata_pvs=[f"ca://{ca}", f"pva://{pv}"])
+                    metadata_pvs=[f"ca://{ca}", f"pva://{pv}"], gated=True)
     server = SimServer(args, channel, {**pva_env, **ca_env}, tmp_path / "sim.log")
     server.start()
     try:
@@ -261,6 +263,12 @@ def test_ca_and_pva_metadata_arrive_on_the_right_frames(
     # puts the CA value a little before it: PVA values match exactly, CA values never do.
     b = bridge_process("-ic", server.channel, "-t", topic_b, "-mc", channels,
                        "--metadata-tolerance", "0", "--metrics-port", str(port_b))
+    for p in (a, b):  # every channel of both bridges live before the first frame
+        p.wait_for(f"channel {server.channel} connected", timeout=90)
+        for url in (f"ca://{ca}", f"pva://{pv}"):  # a monitor's first value: the PV's own
+            wait_for(lambda p=p, url=url: re.search(
+                rf"metadata {re.escape(url)}: received [1-9]", p.stdout), 90, f"{url} monitored")
+    server.release()
     for p in (a, b):
         p.wait_stats("delivered", 12, timeout=90)
     unmatched_metric = metric(port_b, "pvaflow_bridge_metadata_unmatched_total", ca)
