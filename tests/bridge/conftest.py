@@ -16,6 +16,9 @@ from typing import Any
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 from pvaflow.bridge.stats import parse_final
+from pvaflow.ops.simulator import SimServer
+
+from tests.procs import wait_for
 
 
 @dataclass
@@ -86,17 +89,6 @@ def start_client(tmp_path: Path, out: Path, frames: int, timeout: float, *channe
         return subprocess.Popen([sys.executable, *script, str(out), str(frames), str(timeout),
                                  *channels], env=dict(os.environ), stdout=log,
                                 stderr=subprocess.STDOUT)
-
-
-def wait_subscribed(client: subprocess.Popen[bytes], tmp_path: Path,
-                    timeout: float = 90.0) -> None:
-    """Until the client says every monitor has started (then a gated server may publish)."""
-    log = tmp_path / "client.out"
-    deadline = time.monotonic() + timeout
-    while "subscribed" not in log.read_text(errors="replace"):
-        if client.poll() is not None or time.monotonic() > deadline:
-            raise AssertionError(f"the direct client did not subscribe:\n{log.read_text()}")
-        time.sleep(0.1)
 
 
 class BridgeProcess:
@@ -172,3 +164,18 @@ def bridge_process(tmp_path: Path, kafka_bootstrap: str) -> Iterator[Callable[..
     yield start
     for p in procs:
         p.kill()
+
+
+def release_when_subscribed(sim: SimServer, bridge: BridgeProcess,
+                            client: subprocess.Popen[bytes], tmp_path: Path) -> None:
+    """Release a gated sim server once the bridge has its channel and the direct client
+    (:func:`start_client`) says every monitor has started: both then see frame 1 on."""
+    bridge.wait_for(f"channel {sim.channel} connected", timeout=90)
+    log = tmp_path / "client.out"
+
+    def subscribed() -> bool:
+        assert client.poll() is None, f"the direct client exited:\n{log.read_text()}"
+        return "subscribed" in log.read_text(errors="replace")
+
+    wait_for(subscribed, 90, f"the direct client to subscribe (its output: {log})")
+    sim.release()

@@ -17,7 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from pvaflow.codec import decode
 from pvaflow.process import free_port
 
-from .conftest import BridgeProcess, by_partition, read_topic, start_client, wait_subscribed
+from .conftest import BridgeProcess, by_partition, read_topic, release_when_subscribed, start_client
 
 pytestmark = pytest.mark.integration
 
@@ -39,9 +39,7 @@ def test_codec_bslz4_records_decode_to_the_direct_clients_pixels(
                             "--metrics-port", str(metrics_port))
     out = tmp_path / "direct.pkl"
     client = start_client(tmp_path, out, FRAMES, 120, sim.channel)
-    bridge.wait_for(f"channel {sim.channel} connected", timeout=90)
-    wait_subscribed(client, tmp_path)
-    sim.release()
+    release_when_subscribed(sim, bridge, client, tmp_path)
     assert client.wait(150) == 0
     direct: dict[int, Any] = pickle.loads(out.read_bytes())[sim.channel]
     bridge.wait_stats("delivered", FRAMES, timeout=60)

@@ -18,7 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from pvaflow.process import free_port
 
-from .conftest import BridgeProcess, start_client, wait_subscribed
+from .conftest import BridgeProcess, release_when_subscribed, start_client
 
 pytestmark = pytest.mark.integration
 FRAMES = 10
@@ -47,9 +47,7 @@ def test_mirror_serves_the_source_frames(
                                 "--partitions", "2")
         result = tmp_path / "frames.pkl"
         client = start_client(tmp_path, result, FRAMES, 120, sim.channel, channel)
-        bridge.wait_for(f"channel {sim.channel} connected", timeout=90)
-        wait_subscribed(client, tmp_path)
-        sim.release()
+        release_when_subscribed(sim, bridge, client, tmp_path)
         assert client.wait(150) == 0
         bridge.final()
         with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as r:

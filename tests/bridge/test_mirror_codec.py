@@ -19,7 +19,7 @@ import pytest
 
 from pvaflow.process import free_port
 
-from .conftest import BridgeProcess, start_client, wait_subscribed
+from .conftest import BridgeProcess, release_when_subscribed, start_client
 
 pytestmark = pytest.mark.integration
 FRAMES = 6
@@ -101,9 +101,7 @@ def test_pvapy_decompresses_the_mirrors_bslz4_frames_to_the_source_pixels(
         result = tmp_path / "frames.pkl"
         client = start_client(tmp_path, result, FRAMES, 120, sim.channel, channel,
                               script=("-c", CLIENT))
-        bridge.wait_for(f"channel {sim.channel} connected", timeout=90)
-        wait_subscribed(client, tmp_path)
-        sim.release()
+        release_when_subscribed(sim, bridge, client, tmp_path)
         assert client.wait(150) == 0, (tmp_path / "client.out").read_text()
         s = bridge.final()
         assert s["codec_frames"] == FRAMES
