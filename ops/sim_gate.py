@@ -20,6 +20,8 @@ from typing import Any
 
 from pvapy.cli import adSimServer
 
+RELEASE = threading.Event()  # set by SIGUSR1
+
 
 class GatedAdSimServer(adSimServer.AdSimServer):
     """pvapy's server with :meth:`start` publishing on :data:`RELEASE` instead of a timer."""
@@ -32,9 +34,6 @@ class GatedAdSimServer(adSimServer.AdSimServer):
     def _publish_when_released(self) -> None:
         RELEASE.wait(self.startDelay)
         self.framePublisher()
-
-
-RELEASE = threading.Event()
 
 
 def _released(_signum: int, _frame: Any) -> None:
