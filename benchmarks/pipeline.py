@@ -10,7 +10,11 @@ One ``pvapy-ad-sim-server`` per trial feeds the pipeline under test:
   passthrough`` -> ``pvaflow collector --output-topic`` (the ordered topic is read after the
   trial for latency);
 * ``bare``: a bare confluent-kafka producer (paced, the same frame bytes) -> 2 bare
-  consume->produce processes -> a bare consumer: the Kafka ceiling on this machine.
+  consume->produce processes -> a bare consumer: the Kafka ceiling on this machine;
+* ``pva-bare``: the same bare downstream fed from the sim server by a bare PVA monitor that
+  produces each frame's pixels (``role_pva_produce``): the ceiling of any PVA-to-Kafka
+  pipeline on this machine, which pays for the sim server and the pvAccess receive as
+  pvaflow's does and the ``bare`` producer does not.
 
 A rate passes when every published frame comes out of the collector (each component's own final
 counts). Each ladder starts at its middle rung and goes up while trials pass, down while they
@@ -80,7 +84,7 @@ CODEC_ROWS: dict[str, dict[str, Any]] = {
         "source": "h5", "nx": 1024, "ny": 1024, "dt": "uint16", "sqs": 200,
         "rates": [10, 25, 50]},
 }
-PIPELINES = ("pvapy", "pvaflow", "bare")
+PIPELINES = ("pvapy", "pvaflow", "bare", "pva-bare")
 
 
 def spawn(cmd: list[str], log: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
@@ -151,7 +155,7 @@ class Trial:
         load0 = load_average()
         procs: dict[str, subprocess.Popen[bytes]] = {}
         try:
-            res = getattr(self, f"_run_{self.pipeline}")(procs)
+            res = getattr(self, f"_run_{self.pipeline.replace('-', '_')}")(procs)
         finally:
             for p in procs.values():
                 if p.poll() is None:
@@ -328,39 +332,84 @@ class Trial:
 
     # -- bare Kafka ----------------------------------------------------------------------
 
-    def _run_bare(self, procs: dict[str, subprocess.Popen[bytes]]) -> dict[str, Any]:
+    def _bare_downstream(self, procs: dict[str, subprocess.Popen[bytes]]) -> str:
+        """The bare relays and sink, holding their partitions; returns the input topic."""
         from pvaflow.kafka.topics import ensure_topic
 
-        src, mid = f"bare-{self.tag}-in", f"bare-{self.tag}-out"
+        src, mid = (f"{self.pipeline}-{self.tag}-{x}" for x in ("in", "out"))
         for t in (src, mid):
             ensure_topic(t, PARTITIONS, bootstrap=self.bootstrap)
-        role = [PY, "-m", "benchmarks.pipeline", "-b", self.bootstrap, "--role"]
-        procs["sink"] = spawn([*role, "bare-sink", "--topic", mid, "--tag", self.tag],
+        procs["sink"] = spawn([*self._role, "bare-sink", "--topic", mid, "--tag", self.tag],
                               self.log("sink"))
-        procs["relays"] = spawn([*role, "bare-relays", "--topic", src, "--out", mid,
+        procs["relays"] = spawn([*self._role, "bare-relays", "--topic", src, "--out", mid,
                                  "--tag", self.tag], self.log("relays"))
         # publishing starts once both relays and the sink hold partitions
         wait_until(lambda: self.log("relays").read_text().count("assigned") >= 2
                    and "assigned" in self.log("sink").read_text(), 120)
+        return src
+
+    def _bare_out(self, procs: dict[str, subprocess.Popen[bytes]], produced: int
+                  ) -> dict[str, Any]:
+        """Waits for the sink to count ``produced`` records (or 60 s), stops the downstream."""
+        sink_count = _count_path(self.tag)
+        wait_until(lambda: _read_int(sink_count) >= produced, 60)
+        stop(procs["relays"])
+        stop(procs["sink"])
+        return _json_line(self.log("sink").read_text(errors="replace"))
+
+    @property
+    def _role(self) -> list[str]:
+        return [PY, "-m", "benchmarks.pipeline", "-b", self.bootstrap, "--role"]
+
+    def _run_bare(self, procs: dict[str, subprocess.Popen[bytes]]) -> dict[str, Any]:
+        src = self._bare_downstream(procs)
         n = round(self.rate * self.seconds)
-        procs["sim"] = spawn([*role, "bare-produce", "--topic", src, "--rate", str(self.rate),
-                              "--frames", str(n), "--delay", str(self.delay), "--source",
-                              self.cfg["source"], "--h5", str(self.h5), "--shape",
+        procs["sim"] = spawn([*self._role, "bare-produce", "--topic", src, "--rate",
+                              str(self.rate), "--frames", str(n), "--delay", str(self.delay),
+                              "--source", self.cfg["source"], "--h5", str(self.h5), "--shape",
                               f"{self.cfg['ny']}x{self.cfg['nx']}x{self.cfg['dt']}"],
                              self.log("sim"))
         cpu = self._measure(procs)
         cpu["producer"] = cpu.pop("sim")
         procs["sim"].wait(self.seconds + 120)
         prod = _json_line(self.log("sim").read_text(errors="replace"))
-        sink_count = _count_path(self.tag)
-        wait_until(lambda: _read_int(sink_count) >= prod.get("produced", 0), 60)
-        stop(procs["relays"])
-        stop(procs["sink"])
-        sink = _json_line(self.log("sink").read_text(errors="replace"))
+        sink = self._bare_out(procs, prod.get("produced", 0))
         behind = prod.get("behind_s", 99.0)
         return {"published": prod.get("produced", 0), "out": sink.get("count", 0), "cpu": cpu,
                 "lost": int(behind > 1.0), "counts": {"producer": prod, "sink": sink.get(
                     "count", 0)}, "latency_ms": sink.get("latency_ms")}
+
+    # -- bare Kafka fed by PVA -----------------------------------------------------------
+
+    def _run_pva_bare(self, procs: dict[str, subprocess.Popen[bytes]]) -> dict[str, Any]:
+        env = pva_env()
+        channel = f"p{self.tag}:image"
+        src = self._bare_downstream(procs)
+        procs["bridge"] = spawn([*self._role, "pva-produce", "--channel", channel, "--topic",
+                                 src, "--tag", self.tag, "--sqs", str(self.cfg["sqs"])],
+                                self.log("bridge"), env)
+        wait_until(lambda: "subscribed" in self.log("bridge").read_text(), 60)
+        port = str(free_tcp_port())
+        procs["sim"] = spawn(self.sim_cmd(channel), self.log("sim"),
+                             {**env, "EPICS_PVAS_SERVER_PORT": port,
+                              "EPICS_PVA_SERVER_PORT": port})
+        cpu = self._measure(procs)
+        procs["sim"].wait(self.seconds + 120)
+        published = self._published()
+        took: list[int] = []
+
+        def caught_up() -> bool:  # as pvaflow's bridge: every frame, or no longer moving
+            took.append(_read_int(_count_path(self.tag, "bridge")))
+            return took[-1] >= published or (len(took) > 10 and took[-1] == took[-11])
+        wait_until(caught_up, 60, 0.5)
+        stop(procs["bridge"], 120)
+        bridge = _json_line(self.log("bridge").read_text(errors="replace"))
+        sink = self._bare_out(procs, bridge.get("produced", 0))
+        return {"published": published, "out": sink.get("count", 0), "cpu": cpu,
+                "cpu_kafka_threads": self.kafka_cpu,
+                "lost": bridge.get("overruns", 0),
+                "counts": {"bridge": bridge, "sink": sink.get("count", 0)},
+                "latency_ms": sink.get("latency_ms")}
 
 
 def _get(port: int, path: str) -> str | None:
@@ -569,6 +618,50 @@ def role_bare_produce(bootstrap: str, topic: str, rate: float, n: int, delay: fl
                       "seconds": round(time.monotonic() - t0, 3)}), flush=True)
 
 
+def role_pva_produce(bootstrap: str, topic: str, channel: str, sqs: int,
+                     count_file: Path) -> None:
+    """The least any PVA-to-Kafka bridge does, and nothing more: pvaflow's monitor request and
+    client settings, the frame's pixels as the record (no header, attributes or codec), keyed
+    and partitioned by uniqueId, stamped with the source time; waits while the buffer is full.
+    What this costs on the machine is the floor under pvaflow's bridge."""
+    import pvaccess as pva
+    from confluent_kafka import Producer
+
+    from pvaflow.kafka.settings import producer_config
+
+    stopped = _stopper()
+    p = Producer(producer_config(bootstrap))
+    got = [0]
+
+    def on(nt: Any) -> None:
+        uid = nt.getInt("uniqueId")
+        if not uid:  # the record's initial, never-published value
+            return
+        field = nt.getSelectedUnionFieldName("value")
+        data: Any = np.asarray(nt.getUnion("value").getScalarArray(field))  # a buffer: no copy
+        t = nt.getStructure("timeStamp")
+        stamp = t["secondsPastEpoch"] * 1000 + t["nanoseconds"] // 1_000_000
+        while True:
+            try:
+                p.produce(topic, data, key=uid.to_bytes(8, "big"), partition=uid % PARTITIONS,
+                          timestamp=stamp)
+                break
+            except BufferError:
+                p.poll(0.005)
+        p.poll(0)
+        got[0] += 1
+    ch = pva.Channel(channel, pva.PVA)
+    ch.monitor(on, f"record[queueSize={sqs}]field()")
+    print("subscribed", flush=True)
+    while not stopped[0]:
+        p.poll(0.2)
+        count_file.write_text(str(got[0]))
+    ch.stopMonitor()
+    p.flush(120)
+    overruns = int(ch.getMonitorCounters().get("nOverruns", 0))
+    print(json.dumps({"produced": got[0], "overruns": overruns, "unsent": len(p)}), flush=True)
+
+
 def _assigned(_c: Any, parts: Sequence[Any]) -> None:
     if parts:
         print(f"assigned {len(parts)}", flush=True)
@@ -696,6 +789,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for hidden in ("--rate", "--delay"):
         ap.add_argument(hidden, type=float, help=argparse.SUPPRESS)
     ap.add_argument("--frames", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--sqs", type=int, help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     if a.role:
         return child(a)
@@ -795,6 +889,8 @@ def child(a: argparse.Namespace) -> int:
     elif a.role == "bare-produce":
         role_bare_produce(a.bootstrap, a.topic, a.rate, a.frames, a.delay, a.source, a.h5,
                           a.shape)
+    elif a.role == "pva-produce":
+        role_pva_produce(a.bootstrap, a.topic, a.channel, a.sqs, _count_path(a.tag, "bridge"))
     elif a.role == "bare-relays":
         role_bare_relays(a.bootstrap, a.topic, a.out, a.tag)
     elif a.role == "bare-relay":
@@ -806,8 +902,8 @@ def child(a: argparse.Namespace) -> int:
     return 0
 
 
-def _count_path(tag: str) -> Path:
-    return COUNT_DIR / f"sink-{tag}.count"
+def _count_path(tag: str, who: str = "sink") -> Path:
+    return COUNT_DIR / f"{who}-{tag}.count"
 
 
 COUNT_DIR = Path(tempfile.gettempdir())
@@ -817,7 +913,8 @@ COUNT_DIR = Path(tempfile.gettempdir())
 
 NAMES = {"pvapy": "PvaPy (2 x hpc-consumer + hpc-collector)",
          "pvaflow": "pvaflow (bridge + 2 consumers + collector)",
-         "bare": "bare Kafka (producer + 2 relays + consumer)"}
+         "bare": "bare Kafka (producer + 2 relays + consumer)",
+         "pva-bare": "bare Kafka fed by PVA (monitor -> producer + 2 relays + consumer)"}
 
 
 def _rate(runs: Sequence[dict[str, Any]] | None, seconds: float) -> str:
@@ -854,6 +951,8 @@ def _loss_detail(pipe: str, c: dict[str, Any]) -> dict[str, Any]:
         return {"consumers missed": c.get("consumers_missed"),
                 "consumers overruns": c.get("consumers_overruns"),
                 "collector missed+overruns": c.get("collector_missed")}
+    if pipe == "pva-bare":
+        return {"monitor overruns": c.get("bridge", {}).get("overruns")}
     prod = c.get("producer", {})
     return {"producer behind schedule (s)": prod.get("behind_s") if prod.get(
         "behind_s", 0) > 1 else 0}
@@ -897,7 +996,7 @@ def render(data: dict[str, Any]) -> None:
              if data.get("quick") else "")
     md = f"""## End to end
 
-`benchmarks/pipeline.py` runs three pipelines of the same shape, one after the other, each fed by
+`benchmarks/pipeline.py` runs four pipelines of the same shape, one after the other, each fed by
 its own `pvapy-ad-sim-server` on this machine:
 
 * **PvaPy**: `pvapy-hpc-consumer -nc 2 --distributor-updates 1` (the default
@@ -909,7 +1008,11 @@ its own `pvapy-ad-sim-server` on this machine:
   --output-topic` (ordered topic);
 * **bare Kafka**: a bare confluent-kafka producer paced at the same rate with the same frame
   bytes -> 2 bare consume->produce processes -> a bare consumer: the ceiling Kafka itself sets
-  on this machine, with the same client settings (`pvaflow.kafka.settings`).
+  on this machine, with the same client settings (`pvaflow.kafka.settings`);
+* **bare Kafka fed by PVA**: the same bare downstream, fed by a bare PVA monitor that
+  produces each frame's pixels as they arrive (pvaflow's monitor request and client
+  settings): what any PVA-to-Kafka pipeline pays on this machine, sim server and pvAccess
+  receive included.
 
 Sources: 128x128 uint8 and 1024x1024 uint16 random frames generated by the sim server, and
 1024x1024 uint16 realistic diffraction frames (`pvaflow.ops.synthetic.write_hdf5`, bslz4
@@ -951,7 +1054,8 @@ Latency, source timestamp -> out of the collector, at half the zero-loss rate (m
 arrival in a PVA subscriber of the collector's output channel (the subscriber's monitor may
 skip frames under load: `n` is what it saw); pvaflow: the Kafka timestamp of the frame's
 record in the collector's ordered topic (set when the collector produced it) minus the frame's
-EPICS timestamp; bare: arrival in the bare consumer minus the producer's record timestamp.
+EPICS timestamp; bare: arrival in the bare consumer minus the producer's record timestamp
+(for bare Kafka fed by PVA, the frame's EPICS timestamp).
 
 Steady state counts the frames sourced more than {STEADY_AFTER_MS / 1000:g} s after the first
 (before that, consumers and collector are still joining their groups; "all" includes that
