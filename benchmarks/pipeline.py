@@ -377,7 +377,8 @@ class Trial:
         behind = prod.get("behind_s", 99.0)
         return {"published": prod.get("produced", 0), "out": sink.get("count", 0), "cpu": cpu,
                 "lost": int(behind > 1.0), "counts": {"producer": prod, "sink": sink.get(
-                    "count", 0)}, "latency_ms": sink.get("latency_ms")}
+                    "count", 0), "sink_duplicates": sink.get("duplicates")},
+                "latency_ms": sink.get("latency_ms")}
 
     # -- bare Kafka fed by PVA -----------------------------------------------------------
 
@@ -408,7 +409,8 @@ class Trial:
         return {"published": published, "out": sink.get("count", 0), "cpu": cpu,
                 "cpu_kafka_threads": self.kafka_cpu,
                 "lost": bridge.get("overruns", 0),
-                "counts": {"bridge": bridge, "sink": sink.get("count", 0)},
+                "counts": {"bridge": bridge, "sink": sink.get("count", 0),
+                           "sink_duplicates": sink.get("duplicates")},
                 "latency_ms": sink.get("latency_ms")}
 
 
@@ -712,13 +714,23 @@ def role_bare_sink(bootstrap: str, topic: str, tag: str, count_file: Path) -> No
     c = Consumer(consumer_config(f"bare-sink-{tag}", bootstrap))
     c.subscribe([topic], on_assign=_assigned)
     lat: list[tuple[float, float]] = []
+    # distinct frames: the bare relays are at-least-once (a rebalance repeats what they had
+    # not committed), and a repeat must not stand in for a frame that never came
+    seen: set[bytes | str | None] = set()
+    duplicates = 0
     while not stopped[0]:
         for m in c.consume(200, 0.2):
-            if m.error() is None:
-                lat.append((m.timestamp()[1], time.time() * 1e3 - m.timestamp()[1]))
+            if m.error() is not None:
+                continue
+            if m.key() in seen:
+                duplicates += 1
+                continue
+            seen.add(m.key())
+            lat.append((m.timestamp()[1], time.time() * 1e3 - m.timestamp()[1]))
         count_file.write_text(str(len(lat)))
     c.close()
-    print(json.dumps({"count": len(lat), "latency_ms": summary(lat)}), flush=True)
+    print(json.dumps({"count": len(lat), "duplicates": duplicates,
+                      "latency_ms": summary(lat)}), flush=True)
 
 
 # -- the run -------------------------------------------------------------------------------
