@@ -22,6 +22,8 @@ fail (a failure is retried once: the machine is shared). Latency (source timesta
 the collector) is measured in a separate trial at half the highest zero-loss rate. CPU per
 process is read from /proc over the publishing
 window (a process's children included), and the load average is recorded for each trial.
+A failed trial's logs are kept (``pvaflow-bench-failed`` in the temporary directory; the path
+is printed) so that a harness failure can be told from a limit.
 
     .venv/bin/python -m benchmarks.pipeline            # ~20 min on a loaded 2-core box
     .venv/bin/python -m benchmarks.pipeline --quick    # smoke run, 2-3 min
@@ -34,6 +36,7 @@ import argparse
 import json
 import os
 import re
+import shutil
 import signal
 import statistics
 import subprocess
@@ -165,7 +168,18 @@ class Trial:
                    bridge_args=self.bridge_args)
         res["ok"] = bool(res["published"] > 0 and res["out"] >= res["published"]
                          and not res.get("lost"))
+        if not res["ok"]:
+            self._keep_logs()
         return res
+
+    def _keep_logs(self) -> None:
+        """A failed trial's logs outlive the run's temporary folder: a failure that is the
+        harness's (a component that never connected, or died) must be told from a limit."""
+        kept = KEPT_LOGS / f"{self.pipeline}-{self.rate:g}-{self.tag}"
+        kept.mkdir(parents=True, exist_ok=True)
+        for log in self.workdir.glob(f"{self.pipeline}-{self.tag}-*.log"):
+            shutil.copy2(log, kept)
+        print(f"    logs of the failed trial: {kept}", flush=True)
 
     def _measure(self, procs: dict[str, subprocess.Popen[bytes]]) -> dict[str, float]:
         """CPU (% of one core) per process tree over the publishing window; blocks until then."""
@@ -919,6 +933,7 @@ def _count_path(tag: str, who: str = "sink") -> Path:
 
 
 COUNT_DIR = Path(tempfile.gettempdir())
+KEPT_LOGS = COUNT_DIR / "pvaflow-bench-failed"
 
 
 # -- the report ----------------------------------------------------------------------------
