@@ -203,6 +203,30 @@ class Trial:
     def _published(self) -> int:
         return last_int(r"Published frames:\s+(\d+)", self.log("sim").read_text(), 0)
 
+    def _publish(self, procs: dict[str, subprocess.Popen[bytes]], channel: str,
+                 env: dict[str, str]) -> tuple[dict[str, float], int]:
+        """Serves ``channel`` from a sim server on a port of its own, measures CPU over the
+        publishing window and waits for the server's end: (CPU, frames published)."""
+        port = str(free_tcp_port())
+        procs["sim"] = spawn(self.sim_cmd(channel), self.log("sim"),
+                             {**env, "EPICS_PVAS_SERVER_PORT": port,
+                              "EPICS_PVA_SERVER_PORT": port})
+        cpu = self._measure(procs)
+        procs["sim"].wait(self.seconds + 120)
+        return cpu, self._published()
+
+    def _stop_bridge(self, procs: dict[str, subprocess.Popen[bytes]], published: int,
+                     taken: Callable[[], int]) -> None:
+        """The bridge may still be taking frames from its PVA queues: stop it once its own
+        count (``taken``) has every published frame, or has stopped moving for 5 s."""
+        took: list[int] = []
+
+        def caught_up() -> bool:
+            took.append(taken())
+            return took[-1] >= published or (len(took) > 10 and took[-1] == took[-11])
+        wait_until(caught_up, 60, 0.5)
+        stop(procs["bridge"], 120)
+
     # -- PvaPy ---------------------------------------------------------------------------
 
     def _run_pvapy(self, procs: dict[str, subprocess.Popen[bytes]]) -> dict[str, Any]:
@@ -219,13 +243,7 @@ class Trial:
             [str(VENV_BIN / "pvapy-hpc-consumer"), "-ic", channel, "-oc",
              f"b{self.tag}:p:*:output", "-pc", UDP, "-nc", "2", "-du", "1", "-sqs", sqs,
              "-rp", "1000", "-dc"], self.log("consumers"), env)
-        port = str(free_tcp_port())
-        procs["sim"] = spawn(self.sim_cmd(channel), self.log("sim"),
-                             {**env, "EPICS_PVAS_SERVER_PORT": port,
-                              "EPICS_PVA_SERVER_PORT": port})
-        cpu = self._measure(procs)
-        procs["sim"].wait(self.seconds + 120)
-        published = self._published()
+        cpu, published = self._publish(procs, channel, env)
         sink_count = _count_path(self.tag)
         # the sink samples the output for latency (its monitor may skip frames): wait
         # until it stops moving
@@ -285,23 +303,10 @@ class Trial:
             self.log("bridge"), env)
         # publishing starts once the collector and both consumers hold their partitions
         wait_until(lambda: all(_ready(p) for p in (ports[0], ports[1], ports[1] + 1)), 120)
-        port = str(free_tcp_port())
-        procs["sim"] = spawn(self.sim_cmd(channel), self.log("sim"),
-                             {**env, "EPICS_PVAS_SERVER_PORT": port,
-                              "EPICS_PVA_SERVER_PORT": port})
-        cpu = self._measure(procs)
-        procs["sim"].wait(self.seconds + 120)
-        published = self._published()
-        # the bridge may still be taking frames from its PVA queues: stop it once its own
-        # count has every published frame, or has stopped moving (as PvaPy's sink, above)
-        took: list[int] = []
-
-        def caught_up() -> bool:
-            took.append(_metric_total(ports[2], ("pvaflow_bridge_frames_received_total",
-                                                 "pvaflow_bridge_source_missed_frames_total")))
-            return took[-1] >= published or (len(took) > 10 and took[-1] == took[-11])
-        wait_until(caught_up, 60, 0.5)
-        stop(procs["bridge"], 120)
+        cpu, published = self._publish(procs, channel, env)
+        self._stop_bridge(procs, published, lambda: _metric_total(
+            ports[2], ("pvaflow_bridge_frames_received_total",
+                       "pvaflow_bridge_source_missed_frames_total")))
         from pvaflow.bridge.stats import parse_final
 
         try:
@@ -404,20 +409,9 @@ class Trial:
                                  src, "--tag", self.tag, "--sqs", str(self.cfg["sqs"])],
                                 self.log("bridge"), env)
         wait_until(lambda: "subscribed" in self.log("bridge").read_text(), 60)
-        port = str(free_tcp_port())
-        procs["sim"] = spawn(self.sim_cmd(channel), self.log("sim"),
-                             {**env, "EPICS_PVAS_SERVER_PORT": port,
-                              "EPICS_PVA_SERVER_PORT": port})
-        cpu = self._measure(procs)
-        procs["sim"].wait(self.seconds + 120)
-        published = self._published()
-        took: list[int] = []
-
-        def caught_up() -> bool:  # as pvaflow's bridge: every frame, or no longer moving
-            took.append(_read_int(_count_path(self.tag, "bridge")))
-            return took[-1] >= published or (len(took) > 10 and took[-1] == took[-11])
-        wait_until(caught_up, 60, 0.5)
-        stop(procs["bridge"], 120)
+        cpu, published = self._publish(procs, channel, env)
+        self._stop_bridge(procs, published,
+                          lambda: _read_int(_count_path(self.tag, "bridge")))
         bridge = _json_line(self.log("bridge").read_text(errors="replace"))
         sink = self._bare_out(procs, bridge.get("produced", 0))
         return {"published": published, "out": sink.get("count", 0), "cpu": cpu,
