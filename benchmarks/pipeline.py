@@ -10,7 +10,9 @@ One ``pvapy-ad-sim-server`` per trial feeds the pipeline under test:
   passthrough`` -> ``pvaflow collector --output-topic`` (the ordered topic is read after the
   trial for latency);
 * ``bare``: a bare confluent-kafka producer (paced, the same frame bytes) -> 2 bare
-  consume->produce processes -> a bare consumer: the Kafka ceiling on this machine;
+  consume->produce processes -> a bare consumer: the Kafka ceiling on this machine; its relays
+  and consumer take what is fetched without waiting for a batch to fill, as pvaflow's stages
+  do (``pvaflow.kafka.consume.take``), so its latency is a floor too;
 * ``pva-bare``: the same bare downstream fed from the sim server by a bare PVA monitor that
   produces each frame's pixels (``role_pva_produce``): the ceiling of any PVA-to-Kafka
   pipeline on this machine, which pays for the sim server and the pvAccess receive as
@@ -680,6 +682,7 @@ def _assigned(_c: Any, parts: Sequence[Any]) -> None:
 def _relay(bootstrap: str, topic: str, out: str, tag: str) -> None:
     from confluent_kafka import Consumer, Producer
 
+    from pvaflow.kafka.consume import take
     from pvaflow.kafka.settings import consumer_config, producer_config
 
     stopped = _stopper()
@@ -687,7 +690,7 @@ def _relay(bootstrap: str, topic: str, out: str, tag: str) -> None:
     p = Producer(producer_config(bootstrap))
     c.subscribe([topic], on_assign=_assigned)
     while not stopped[0]:
-        for m in c.consume(32, 0.2):
+        for m in take(c, 32, 0.2):
             if m.error() is not None:
                 continue
             while True:
@@ -716,6 +719,7 @@ def role_bare_relays(bootstrap: str, topic: str, out: str, tag: str) -> None:
 def role_bare_sink(bootstrap: str, topic: str, tag: str, count_file: Path) -> None:
     from confluent_kafka import Consumer
 
+    from pvaflow.kafka.consume import take
     from pvaflow.kafka.settings import consumer_config
 
     stopped = _stopper()
@@ -727,7 +731,7 @@ def role_bare_sink(bootstrap: str, topic: str, tag: str, count_file: Path) -> No
     seen: set[bytes | str | None] = set()
     duplicates = 0
     while not stopped[0]:
-        for m in c.consume(200, 0.2):
+        for m in take(c, 200, 0.2):
             if m.error() is not None:
                 continue
             if m.key() in seen:
@@ -1029,7 +1033,8 @@ its own `pvapy-ad-sim-server` on this machine:
   --output-topic` (ordered topic);
 * **bare Kafka**: a bare confluent-kafka producer paced at the same rate with the same frame
   bytes -> 2 bare consume->produce processes -> a bare consumer: the ceiling Kafka itself sets
-  on this machine, with the same client settings (`pvaflow.kafka.settings`);
+  on this machine, with the same client settings (`pvaflow.kafka.settings`) and the same way
+  of taking records (whatever is fetched, no wait for a batch to fill);
 * **bare Kafka fed by PVA**: the same bare downstream, fed by a bare PVA monitor that
   produces each frame's pixels as they arrive (pvaflow's monitor request and client
   settings): what any PVA-to-Kafka pipeline pays on this machine, sim server and pvAccess
