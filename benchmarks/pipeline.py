@@ -8,7 +8,8 @@ One ``pvapy-ad-sim-server`` per trial feeds the pipeline under test:
   subscriber that counts frames and times them;
 * ``pvaflow``: ``pvaflow bridge`` -> Kafka -> ``pvaflow consumer --n-consumers 2 --processor
   passthrough`` -> ``pvaflow collector --output-topic`` (the ordered topic is read after the
-  trial for latency);
+  trial for its records' timestamps, and, in latency trials, live by a read_committed reader,
+  which sees each frame when the transaction holding it commits);
 * ``bare``: a bare confluent-kafka producer (paced, the same frame bytes) -> 2 bare
   consume->produce processes -> a bare consumer: the Kafka ceiling on this machine; its relays
   and consumer take what is fetched without waiting for a batch to fill, as pvaflow's stages
@@ -30,6 +31,9 @@ is printed) so that a harness failure can be told from a limit.
     .venv/bin/python -m benchmarks.pipeline            # ~20 min on a loaded 2-core box
     .venv/bin/python -m benchmarks.pipeline --quick    # smoke run, 2-3 min
     .venv/bin/python -m benchmarks.pipeline --render   # rewrite the doc from the JSON
+    # latency only, pipelines taking turns (on $PVAFLOW_BOOTSTRAP's broker, if set)
+    .venv/bin/python -m benchmarks.pipeline --latency-only --latency-at 2000 --repeat 3 \
+        --only pvaflow --only pva-bare --config '128x128 uint8' --label lat2000
 """
 
 from __future__ import annotations
@@ -130,13 +134,16 @@ class Trial:
     def __init__(self, pipeline: str, cfg: dict[str, Any], rate: float, seconds: float,
                  bootstrap: str, broker_pid: int | None, workdir: Path, h5: Path,
                  bridge_args: Sequence[str] = (), latency: bool = False,
-                 reorder_only: bool = False) -> None:
+                 reorder_only: bool = False, collector_args: Sequence[str] = (),
+                 latency_profile: bool = False) -> None:
         self.pipeline, self.cfg, self.rate, self.seconds = pipeline, cfg, rate, seconds
         self.bootstrap, self.broker_pid, self.workdir, self.h5 = (bootstrap, broker_pid,
                                                                   workdir, h5)
         self.bridge_args, self.latency = list(bridge_args), latency
         # --reorder-only: the collector writes no ordered topic, the bare pipeline's shape
         self.reorder_only = reorder_only
+        self.collector_args = list(collector_args)
+        self.latency_profile = latency_profile  # --latency on every pvaflow component
         self.tag = uuid.uuid4().hex[:6]
         self.kafka_cpu: dict[str, float] = {}
         # sim start delay: PvaPy's consumers connect in it; pvaflow and bare wait for their
@@ -282,7 +289,8 @@ class Trial:
         env = pva_env()
         channel = f"f{self.tag}:image"
         frames, done, ordered = (f"bench-{self.tag}-{x}" for x in ("frames", "done", "ordered"))
-        common = ["-b", self.bootstrap, "-rp", "1", "-ll", "warning"]
+        common = ["-b", self.bootstrap, "-rp", "1", "-ll", "warning",
+                  *(["--latency"] if self.latency_profile else [])]
         pvaflow = [PY, "-m", "pvaflow.cli"]
         from pvaflow.kafka.topics import ensure_topic
 
@@ -292,7 +300,8 @@ class Trial:
         procs["collector"] = spawn(
             [*pvaflow, "collector", "-it", done, *([] if self.reorder_only else ["-ot", ordered]),
              "-g", f"col-{self.tag}",
-             "--status-topic", "", "--metrics-port", str(ports[0]), *common],
+             "--status-topic", "", "--metrics-port", str(ports[0]), *self.collector_args,
+             *common],
             self.log("collector"), env)
         procs["consumers"] = spawn(
             [*pvaflow, "consumer", "-it", frames, "-ot", done, "-g", f"con-{self.tag}",
@@ -305,6 +314,11 @@ class Trial:
             self.log("bridge"), env)
         # publishing starts once the collector and both consumers hold their partitions
         wait_until(lambda: all(_ready(p) for p in (ports[0], ports[1], ports[1] + 1)), 120)
+        reader = self.latency and not self.reorder_only
+        if reader:  # what a downstream reader sees: frames as their transaction commits
+            procs["reader"] = spawn([*self._role, "bare-sink", "--topic", ordered, "--tag",
+                                     self.tag, "--committed"], self.log("reader"))
+            wait_until(lambda: "assigned" in self.log("reader").read_text(), 120)
         cpu, published = self._publish(procs, channel, env)
         self._stop_bridge(procs, published, lambda: _metric_total(
             ports[2], ("pvaflow_bridge_frames_received_total",
@@ -328,6 +342,9 @@ class Trial:
         wait_until(drained, 90, 0.5)
         stop(procs["consumers"])
         stop(procs["collector"])
+        if reader:
+            wait_until(lambda: _read_int(_count_path(self.tag)) >= emitted(), 30)
+            stop(procs["reader"])
         col_text = self.log("collector").read_text(errors="replace")
         m = re.search(r"final stats: (\{.*\})", col_text)
         col = json.loads(m.group(1)) if m else {"emitted": 0, "missed": 0}
@@ -347,6 +364,8 @@ class Trial:
                 stages["collector"] = ordered
                 res["latency_ms"] = ordered_latency(self.bootstrap, ordered,
                                                     col.get("emitted", 0)) or {}
+                res["latency_ms"]["committed"] = _json_line(self.log("reader").read_text(
+                    errors="replace")).get("latency_ms")
             res["latency_ms"]["stages"] = stage_latency(self.bootstrap, stages,
                                                         col.get("emitted", 0))
         return res
@@ -486,6 +505,15 @@ def summary(pairs: Sequence[tuple[float, float]]) -> dict[str, float] | None:
     return out
 
 
+def _source_ms(headers: Any) -> float | None:
+    """A frame's EPICS timestamp (``pf.ts``) in ms since the epoch, if the record has one."""
+    ts = dict(headers or []).get("pf.ts")
+    if ts is None:
+        return None
+    sec, ns, _ = (ts if isinstance(ts, bytes) else ts.encode()).split(b".")
+    return int(sec) * 1e3 + int(ns) / 1e6
+
+
 def ordered_latency(bootstrap: str, topic: str, n: int) -> dict[str, float] | None:
     """Source (EPICS) timestamp -> the record's Kafka timestamp in the collector's ordered
     topic (set when the collector produced it), for every frame there."""
@@ -501,12 +529,9 @@ def ordered_latency(bootstrap: str, topic: str, n: int) -> dict[str, float] | No
         for m in c.consume(200, 1.0):
             if m.error() is not None:
                 continue
-            ts = dict(m.headers() or []).get("pf.ts")
-            if ts is None:
-                continue
-            sec, ns, _ = (ts if isinstance(ts, bytes) else ts.encode()).split(b".")
-            src = int(sec) * 1e3 + int(ns) / 1e6
-            lat.append((src, m.timestamp()[1] - src))
+            src = _source_ms(m.headers())
+            if src is not None:
+                lat.append((src, m.timestamp()[1] - src))
     c.close()
     return summary(lat)
 
@@ -534,10 +559,9 @@ def stage_latency(bootstrap: str, topics: dict[str, str], n: int) -> dict[str, A
                     continue
                 seen.setdefault(key, float(m.timestamp()[1]))
                 if key not in src:
-                    ts = dict(m.headers() or []).get("pf.ts")
-                    if ts is not None:
-                        sec, ns, _ = (ts if isinstance(ts, bytes) else ts.encode()).split(b".")
-                        src[key] = int(sec) * 1e3 + int(ns) / 1e6
+                    ms = _source_ms(m.headers())
+                    if ms is not None:
+                        src[key] = ms
         c.close()
         stamps[stage] = seen
     out: dict[str, Any] = {}
@@ -716,14 +740,20 @@ def role_bare_relays(bootstrap: str, topic: str, out: str, tag: str) -> None:
         k.wait(60)
 
 
-def role_bare_sink(bootstrap: str, topic: str, tag: str, count_file: Path) -> None:
+def role_bare_sink(bootstrap: str, topic: str, tag: str, count_file: Path,
+                   committed: bool = False) -> None:
+    """Counts distinct frames and times each one's arrival here from its source time: the
+    record's timestamp, or the frame's EPICS timestamp (``pf.ts``) where it has one.
+    ``committed``: a reader of pvaflow's ordered topic, which sees a frame once the collector's
+    transaction holding it commits, as every read_committed reader does."""
     from confluent_kafka import Consumer
 
     from pvaflow.kafka.consume import take
     from pvaflow.kafka.settings import consumer_config
 
     stopped = _stopper()
-    c = Consumer(consumer_config(f"bare-sink-{tag}", bootstrap))
+    c = Consumer(consumer_config(f"bare-sink-{tag}", bootstrap,
+                                 {"isolation.level": "read_committed"} if committed else None))
     c.subscribe([topic], on_assign=_assigned)
     lat: list[tuple[float, float]] = []
     # distinct frames: the bare relays are at-least-once (a rebalance repeats what they had
@@ -738,7 +768,8 @@ def role_bare_sink(bootstrap: str, topic: str, tag: str, count_file: Path) -> No
                 duplicates += 1
                 continue
             seen.add(m.key())
-            lat.append((m.timestamp()[1], time.time() * 1e3 - m.timestamp()[1]))
+            src = _source_ms(m.headers()) or m.timestamp()[1]
+            lat.append((src, time.time() * 1e3 - src))
         count_file.write_text(str(len(lat)))
     c.close()
     print(json.dumps({"count": len(lat), "duplicates": duplicates,
@@ -797,6 +828,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--latency-at", action="append", type=float, metavar="FPS",
                     help="also measure latency at FPS (repeatable), below the half-rate "
                          "trial's saturation; kept in the JSON as latency_at")
+    ap.add_argument("--latency-only", action="store_true",
+                    help="skip the ladders: only the --latency-at trials, the pipelines "
+                         "taking turns (for A/B runs with --label)")
+    ap.add_argument("--repeat", type=int, default=1, metavar="N",
+                    help="with --latency-only: N turns of every pipeline (default 1)")
     ap.add_argument("--kafka-setting", action="append", default=[], type=parse_override,
                     metavar="KEY=VALUE",
                     help="a librdkafka setting for every pvaflow component of the run (as "
@@ -806,6 +842,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                     help="pvaflow's collector reorders without writing its ordered topic: "
                          "the bare pipeline's shape, whose last stage writes nothing (kept "
                          "in the JSON; use with --label)")
+    ap.add_argument("--collector-arg", action="append", default=[], metavar="ARG",
+                    help="an option for pvaflow's collector, repeatable, e.g. "
+                         "--collector-arg=--commit-interval=0.05 (kept in the JSON)")
+    ap.add_argument("--latency-profile", action="store_true",
+                    help="every pvaflow component with --latency (kept in the JSON)")
     ap.add_argument("--role", help=argparse.SUPPRESS)
     ap.add_argument("-b", dest="bootstrap", help=argparse.SUPPRESS)
     for hidden in ("--channel", "--topic", "--out", "--tag", "--source", "--h5", "--shape"):
@@ -814,6 +855,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ap.add_argument(hidden, type=float, help=argparse.SUPPRESS)
     ap.add_argument("--frames", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--sqs", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--committed", action="store_true", help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     if a.role:
         return child(a)
@@ -825,6 +867,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             ap.error("--compare needs two or more labels, oldest first")
         render_compare(*a.compare)
         return 0
+    if a.latency_only and not a.latency_at:
+        ap.error("--latency-only needs --latency-at FPS")
     for key, value in a.kafka_setting:
         os.environ[ENV_PREFIX + key.upper().replace(".", "_")] = value
     # stopped by a signal, the run still ends every process it started (finally blocks)
@@ -834,7 +878,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     pipelines = a.only or list(PIPELINES)
     data: dict[str, Any] = {"seconds": seconds, "quick": a.quick, "partitions": PARTITIONS,
                             "kafka_settings": dict(a.kafka_setting),
-                            "reorder_only": a.reorder_only, "configs": {},
+                            "reorder_only": a.reorder_only, "collector_args": a.collector_arg,
+                            "latency_profile": a.latency_profile,
+                            "configs": {},
                             "codec": {}}
     t_start = time.monotonic()
     with ExitStack() as stack:
@@ -853,14 +899,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         def trial(pipe: str, cfg: dict[str, Any], bridge_args: Sequence[str] = (),
                   latency: bool = False) -> Callable[[float], Trial]:
             return lambda rate: Trial(pipe, cfg, rate, seconds, bootstrap, broker_pid, workdir,
-                                      h5, bridge_args, latency, a.reorder_only)
+                                      h5, bridge_args, latency, a.reorder_only,
+                                      a.collector_arg, a.latency_profile)
 
         def latency_trial(pipe: str, cfg: dict[str, Any], rate: float) -> dict[str, Any]:
             t = trial(pipe, cfg, latency=True)(rate)
             t.seconds = max(seconds, 15.0)  # room for a steady state after start-up
             r = t.run()
             print(f"  {pipe:26s} latency at {rate:g} fps: {r.get('latency_ms')}", flush=True)
-            return {"rate": rate, "ok": r["ok"], "load": r["load"],
+            return {"rate": rate, "ok": r["ok"], "load": r["load"], "cpu": r["cpu"],
+                    "cpu_kafka_threads": r.get("cpu_kafka_threads"),
                     **(r.get("latency_ms") or {})}
 
         for name, cfg in CONFIGS.items():
@@ -870,6 +918,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{name}:", flush=True)
             entry: dict[str, Any] = {"frame_bytes": cfg["nx"] * cfg["ny"] * np.dtype(
                 cfg["dt"]).itemsize, "runs": {}, "latency": {}}
+            if a.latency_only:  # turns, so that a slow spell of the machine hits them all
+                # a fresh broker's first trial runs on a cold JVM (p99 ~10x a warm one's):
+                # one trial first, kept apart, so that no pipeline's first turn pays for it
+                if broker is not None:
+                    entry["warm_up"] = latency_trial(pipelines[0], cfg, a.latency_at[0])
+                for _ in range(a.repeat):
+                    for pipe in pipelines:
+                        entry.setdefault("latency_at", {}).setdefault(pipe, []).extend(
+                            latency_trial(pipe, cfg, rate) for rate in a.latency_at)
+                data["configs"][name] = entry
+                continue
             for pipe in pipelines:
                 runs = ladder(trial(pipe, cfg, latency=a.quick), rates, pipe)
                 entry["runs"][pipe] = runs
@@ -885,7 +944,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     entry.setdefault("latency_at", {})[pipe] = [
                         latency_trial(pipe, cfg, rate) for rate in a.latency_at]
             data["configs"][name] = entry
-        if "pvaflow" in pipelines and not a.config:
+        if "pvaflow" in pipelines and not a.config and not a.latency_only:
             for name, cfg in CODEC_ROWS.items():
                 rates = cfg["rates"][:1] if a.quick else cfg["rates"]
                 print(f"{name} (pvaflow, raw vs bridge --codec bslz4):", flush=True)
@@ -920,7 +979,7 @@ def child(a: argparse.Namespace) -> int:
     elif a.role == "bare-relay":
         _relay(a.bootstrap, a.topic, a.out, a.tag)
     elif a.role == "bare-sink":
-        role_bare_sink(a.bootstrap, a.topic, a.tag, _count_path(a.tag))
+        role_bare_sink(a.bootstrap, a.topic, a.tag, _count_path(a.tag), a.committed)
     else:
         raise SystemExit(f"unknown role {a.role}")
     return 0
@@ -966,6 +1025,13 @@ def _cpu_row(name: str, pipe: str, r: dict[str, Any], seconds: float) -> list[An
             f"{per_frame:.2f}", f"{r['load'][0]:.1f} / {r['load'][1]:.1f}"]
 
 
+def _lat_row(name: str, pipe: str, rate: float, lat: dict[str, Any]) -> list[Any]:
+    steady = (f"{lat['p50_steady']:.0f}", f"{lat['p99_steady']:.0f}",
+              lat["n_steady"]) if "p50_steady" in lat else ("n/a",) * 3
+    return [name, pipe, f"{rate:g}", *steady, f"{lat['p50']:.0f}", f"{lat['p99']:.0f}",
+            lat.get("n", "")]
+
+
 def _loss_detail(pipe: str, c: dict[str, Any]) -> dict[str, Any]:
     if pipe == "pvaflow":
         b, col = c.get("bridge", {}), c.get("collector", {})
@@ -994,10 +1060,10 @@ def render(data: dict[str, Any]) -> None:
                 rows_cpu.append(_cpu_row(name, p, top, data["seconds"]))
             lat = e["latency"].get(p)
             if lat and "p50" in lat:
-                steady = (f"{lat['p50_steady']:.0f}", f"{lat['p99_steady']:.0f}",
-                          lat["n_steady"]) if "p50_steady" in lat else ("n/a",) * 3
-                rows_lat.append([name, p, f"{lat['rate']:g}", *steady, f"{lat['p50']:.0f}",
-                                 f"{lat['p99']:.0f}", lat.get("n", "")])
+                rows_lat.append(_lat_row(name, p, lat["rate"], lat))
+            if lat and lat.get("committed"):
+                rows_lat.append(_lat_row(name, f"{p}, read_committed reader", lat["rate"],
+                                         lat["committed"]))
     rows_loss = []
     for name, e in [*data["configs"].items(), *(
             (f"{n} (--codec bslz4)", {"runs": {"pvaflow": c["bslz4"]}})
@@ -1080,7 +1146,10 @@ Latency, source timestamp -> out of the collector, at half the zero-loss rate (m
 arrival in a PVA subscriber of the collector's output channel (the subscriber's monitor may
 skip frames under load: `n` is what it saw); pvaflow: the Kafka timestamp of the frame's
 record in the collector's ordered topic (set when the collector produced it) minus the frame's
-EPICS timestamp; bare: arrival in the bare consumer minus the producer's record timestamp
+EPICS timestamp, and, in runs since 2026-12-04, "read_committed reader": arrival in a reader
+of the ordered topic with librdkafka's default `isolation.level=read_committed`, which sees a
+frame only once the collector's transaction holding it commits (every `--commit-interval`,
+0.2 s by default); bare: arrival in the bare consumer minus the producer's record timestamp
 (for bare Kafka fed by PVA, the frame's EPICS timestamp).
 
 Steady state counts the frames sourced more than {STEADY_AFTER_MS / 1000:g} s after the first
