@@ -18,11 +18,13 @@ from pvaflow.kafka.topics import Replication
 from pvaflow.memory import reuse_frame_memory
 from pvaflow.options import (
     Parser,
+    add_commit_interval,
     add_control_args,
     add_kafka_args,
     add_plugin_args,
     add_replay_args,
     add_run_args,
+    commit_interval,
     flags,
     id_list,
     non_negative,
@@ -78,9 +80,7 @@ def build_parser() -> Parser:
                         "to the end, or, for records not written by a pvaflow processor, at "
                         "once; an id any partition may still deliver is never given up "
                         "(default: %(default)s)")
-    r.add_argument("--commit-interval", type=non_negative, default=0.2, metavar="SECONDS",
-                   help="seconds between transactions of output + state + offsets "
-                        "(default: %(default)s)")
+    add_commit_interval(r, "transactions of output + state + offsets")
     r.add_argument("--state-topic", default=STATE_TOPIC, metavar="TOPIC",
                    help="compacted topic holding the last emitted uniqueId (default: %(default)s)")
     r.add_argument("--late-topic", metavar="TOPIC", help="send late frames here (not emitted)")
@@ -170,7 +170,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         output_topic=args.output_topic, late_topic=args.late_topic,
         dlq_topic=dlq_topic(args.dlq_topic, topics), state_topic=args.state_topic,
         cache_size=args.collector_cache_size, max_delay=args.max_delay,
-        commit_interval=args.commit_interval, replication=Replication.from_args(args),
+        commit_interval=commit_interval(args), replication=Replication.from_args(args),
         output_codec=args.output_codec,
         status_channel=channel_name(args.status_channel, args.collector_id),
         control_channel=channel_name(args.control_channel, args.collector_id),

@@ -20,11 +20,13 @@ from pvaflow.kafka.topics import Replication
 from pvaflow.memory import reuse_frame_memory
 from pvaflow.options import (
     Parser,
+    add_commit_interval,
     add_control_args,
     add_kafka_args,
     add_plugin_args,
     add_replay_args,
     add_run_args,
+    commit_interval,
     flags,
     id_list,
     non_negative,
@@ -74,8 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "the producer's queue.buffering.max.kbytes it bounds memory (default: 1000)")
     g.add_argument("--batch-size", type=positive_int, default=32, metavar="N",
                    help="records per consume() call (default: 32, at most --max-queue-size)")
-    g.add_argument("--commit-interval", type=non_negative, default=0.2, metavar="SECONDS",
-                   help="seconds between offset commits / transactions (default: 0.2)")
+    add_commit_interval(g, "offset commits / transactions")
     # PvaPy compatibility: the bridge owns the distributor plan, these are accepted and unused.
     g.add_argument(*flags("--distributor-updates"), type=int, metavar="N",
                    help=argparse.SUPPRESS)
@@ -169,7 +170,7 @@ def config(args: argparse.Namespace) -> RunnerConfig:
         output_codec=args.output_codec,
         dlq_topic=f"{topic}.dlq" if args.dlq_topic is None else (args.dlq_topic or None),
         exactly_once=args.exactly_once, max_queue_size=args.max_queue_size,
-        batch_size=args.batch_size, commit_interval=args.commit_interval,
+        batch_size=args.batch_size, commit_interval=commit_interval(args),
         topic_wait=args.runtime, output_channel=channel_name(args.output_channel, cid),
         status_channel=channel_name(args.status_channel, cid),
         control_channel=channel_name(args.control_channel, cid),

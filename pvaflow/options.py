@@ -114,6 +114,34 @@ def did_you_mean(word: str, choices: Sequence[str]) -> str:
     return f" (did you mean {close[0]}?)" if close else ""
 
 
+# Seconds between transactions (and offset commits). A read_committed reader, librdkafka's
+# default, sees an output only when its transaction commits, so for such a reader the interval
+# is a wait every frame pays: half of it on average, plus the commit (500 fps of 128x128
+# frames, source to such a reader, p50 139 ms with 0.2 s and 60 ms with 0.05 s; see
+# docs/operations.md). A shorter one costs the broker a transaction per interval.
+COMMIT_INTERVAL = 0.2
+LATENCY_COMMIT_INTERVAL = 0.05
+
+
+def add_commit_interval(group: argparse._ArgumentGroup, what: str) -> None:
+    """``--commit-interval``, whose default follows ``--latency`` (see :func:`commit_interval`)."""
+    group.add_argument(
+        "--commit-interval", type=non_negative, default=None, metavar="SECONDS",
+        help=f"seconds between {what} (default: {COMMIT_INTERVAL:g}; "
+             f"{LATENCY_COMMIT_INTERVAL:g} with --latency)")
+
+
+def commit_interval(args: argparse.Namespace) -> float:
+    """``--commit-interval`` as given, else the default of the settings profile in use.
+
+    >>> commit_interval(argparse.Namespace(commit_interval=None, kafka_profile="latency"))
+    0.05
+    """
+    if args.commit_interval is not None:
+        return float(args.commit_interval)
+    return LATENCY_COMMIT_INTERVAL if args.kafka_profile == "latency" else COMMIT_INTERVAL
+
+
 def add_kafka_args(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("Kafka")
     g.add_argument(
@@ -128,10 +156,11 @@ def add_kafka_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--latency", dest="kafka_profile", action="store_const", const="latency",
         default=None,
-        help="Kafka settings for low latency (interactive use): producers send at once "
-             "(linger.ms=0) and fetches wait at most 10 ms, at more CPU per frame in this "
-             "command and the broker; -X still overrides (default: settings for throughput, "
-             "see docs/operations.md)")
+        help="settings for low latency (interactive use): producers send at once "
+             "(linger.ms=0), fetches wait at most 10 ms, consumers and collectors commit "
+             f"every {LATENCY_COMMIT_INTERVAL:g} s, at more CPU per frame in this command and the "
+             "broker; -X and --commit-interval still override (default: settings for "
+             "throughput, see docs/operations.md)")
     g.add_argument(
         "--kafka-timeout", type=float, default=120.0, metavar="SECONDS",
         help="give up (exit 3) when no broker has answered for this long; 0 waits forever "

@@ -1,4 +1,5 @@
-"""The shared option vocabulary: one-line errors with a suggestion, --version, JSON logs."""
+"""The shared option vocabulary: one-line errors with a suggestion, --version, JSON logs,
+--commit-interval following --latency."""
 
 from __future__ import annotations
 
@@ -6,8 +7,18 @@ import json
 import logging
 
 import pytest
+from pvaflow.collectors.cli import build_parser as collector_parser
+from pvaflow.processors.cli import build_parser as consumer_parser
 
-from pvaflow.options import JsonFormatter, Parser, add_run_args, set_log_identity
+from pvaflow.options import (
+    COMMIT_INTERVAL,
+    LATENCY_COMMIT_INTERVAL,
+    JsonFormatter,
+    Parser,
+    add_run_args,
+    commit_interval,
+    set_log_identity,
+)
 
 
 def test_unknown_option_suggests_the_closest(capsys: pytest.CaptureFixture[str]) -> None:
@@ -58,3 +69,17 @@ def test_range_types_are_one_line_naming_the_bound(
     assert info.value.code == 2
     err = capsys.readouterr().err.strip()
     assert message in err and "\n" not in err
+
+
+@pytest.mark.parametrize("command", ["consumer", "collector"])
+def test_commit_interval_follows_latency_unless_given(command: str) -> None:
+    """A read_committed reader waits for the transaction holding each frame: --latency
+    shortens the interval, an explicit --commit-interval wins over the profile."""
+    build = {"consumer": consumer_parser, "collector": collector_parser}[command]
+
+    def interval(*argv: str) -> float:
+        return commit_interval(build().parse_args(["-it", "frames", *argv]))
+    assert interval() == COMMIT_INTERVAL == 0.2
+    assert interval("--latency") == LATENCY_COMMIT_INTERVAL < COMMIT_INTERVAL
+    assert interval("--latency", "--commit-interval", "1") == 1.0
+    assert interval("--commit-interval", "0") == 0.0
