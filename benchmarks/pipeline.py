@@ -830,7 +830,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                          "trial's saturation; kept in the JSON as latency_at")
     ap.add_argument("--latency-only", action="store_true",
                     help="skip the ladders: only the --latency-at trials, the pipelines "
-                         "taking turns (for A/B runs with --label)")
+                         "taking turns (A/B runs; needs --label)")
     ap.add_argument("--repeat", type=int, default=1, metavar="N",
                     help="with --latency-only: N turns of every pipeline (default 1)")
     ap.add_argument("--kafka-setting", action="append", default=[], type=parse_override,
@@ -867,8 +867,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             ap.error("--compare needs two or more labels, oldest first")
         render_compare(*a.compare)
         return 0
-    if a.latency_only and not a.latency_at:
-        ap.error("--latency-only needs --latency-at FPS")
+    if a.latency_only and not (a.latency_at and a.label):
+        # without a label its partial results would replace the full run's pipeline.json
+        ap.error("--latency-only needs --latency-at FPS and --label LABEL")
     for key, value in a.kafka_setting:
         os.environ[ENV_PREFIX + key.upper().replace(".", "_")] = value
     # stopped by a signal, the run still ends every process it started (finally blocks)
@@ -919,7 +920,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             entry: dict[str, Any] = {"frame_bytes": cfg["nx"] * cfg["ny"] * np.dtype(
                 cfg["dt"]).itemsize, "runs": {}, "latency": {}}
             if a.latency_only:  # turns, so that a slow spell of the machine hits them all
-                # a fresh broker's first trial runs on a cold JVM (p99 ~10x a warm one's):
+                # a fresh broker's first trial runs on a cold JVM (p99 4-25x a warm one's):
                 # one trial first, kept apart, so that no pipeline's first turn pays for it
                 if broker is not None:
                     entry["warm_up"] = latency_trial(pipelines[0], cfg, a.latency_at[0])
