@@ -61,6 +61,7 @@ from benchmarks.bridge import _default_sigint, _pid_listening, free_tcp_port, pv
 from benchmarks.report import (
     IMG,
     RESULTS,
+    delete_topics,
     kafka_thread_cpu,
     load_average,
     percentile,
@@ -177,6 +178,7 @@ class Trial:
                 if p.poll() is None:
                     os.killpg(p.pid, signal.SIGKILL)
                     p.wait()
+            self._delete_topics()
         res.update(pipeline=self.pipeline, rate=self.rate, load=[load0, load_average()],
                    bridge_args=self.bridge_args)
         res["ok"] = bool(res["published"] > 0 and res["out"] >= res["published"]
@@ -184,6 +186,19 @@ class Trial:
         if not res["ok"]:
             self._keep_logs()
         return res
+
+    def _delete_topics(self) -> None:
+        """This trial's topics (its tag is in their names), measured and no longer needed: a
+        full run of 2 MiB frames left tens of GB on its broker and filled the disk."""
+        from confluent_kafka.admin import AdminClient
+
+        try:
+            names = AdminClient({"bootstrap.servers": self.bootstrap}).list_topics(
+                timeout=30).topics
+        except Exception as exc:  # a broker that is gone has nothing to delete
+            print(f"warning: could not list topics: {exc}", file=sys.stderr)
+            return
+        delete_topics(self.bootstrap, [t for t in names if self.tag in t])
 
     def _keep_logs(self) -> None:
         """A failed trial's logs outlive the run's temporary folder: a failure that is the

@@ -27,6 +27,8 @@ from typing import Any, cast
 
 from pvaflow.ops.broker import external_or_local
 
+from benchmarks.report import delete_topics
+
 KiB, MiB = 1024, 1024 * 1024
 CASES = (("16 KiB", (128, 128), "uint8", 20_000), ("2 MiB", (1024, 1024), "uint16", 300))
 TARGETS = {"16 KiB": 0.85, "2 MiB": 0.9}
@@ -140,20 +142,9 @@ def run_child(kind: str, bootstrap: str, topic: str, n: int, batch: int,
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=900, check=False)
     if res.returncode != 0:
         raise RuntimeError(f"{kind} child failed:\n{res.stderr[-3000:]}")
-    _delete_topics(bootstrap, [out])
+    delete_topics(bootstrap, [out])
     result: dict[str, Any] = json.loads(res.stdout.strip().splitlines()[-1])
     return result
-
-
-def _delete_topics(bootstrap: str, topics: list[str]) -> None:
-    from confluent_kafka.admin import AdminClient
-
-    admin = AdminClient({"bootstrap.servers": bootstrap})
-    for f in admin.delete_topics(topics, operation_timeout=30).values():
-        try:
-            f.result(60)
-        except Exception as exc:
-            print(f"warning: could not delete topic: {exc}", file=sys.stderr)
 
 
 def memory_bound_mib(frame_bytes: int, batch: int, max_queue: int, base: float) -> float:
@@ -216,7 +207,7 @@ def measure(a: argparse.Namespace, bootstrap: str) -> int:
                 print(f"  {label} {kind} #{i + 1}: {r['fps']:.0f} fps, "
                       f"{r['cpu_us_per_frame']:.0f} us CPU/frame, "
                       f"peak RSS {r['rss_mib']:.0f} MiB", file=sys.stderr)
-        _delete_topics(a.bootstrap, [topic])
+        delete_topics(a.bootstrap, [topic])
         bare = statistics.median(r["fps"] for r in runs["bare"])
         runner = statistics.median(r["fps"] for r in runs["runner"])
         rss = max(r["rss_mib"] for r in runs["runner"])

@@ -10,6 +10,7 @@ import json
 import os
 import platform
 import statistics
+import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -134,3 +135,18 @@ def process_tree_cpu(pid: int) -> float:
             continue
         total += (int(fields[11]) + int(fields[12])) / tick
     return total
+
+
+def delete_topics(bootstrap: str, topics: Sequence[str]) -> None:
+    """Deletes benchmark topics; a topic that stays is a warning, not a failed run. A run's
+    topics stay on its broker otherwise, and ladders of 2 MiB frames filled the disk."""
+    from confluent_kafka.admin import AdminClient
+
+    if not topics:
+        return
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    for f in admin.delete_topics(list(topics), operation_timeout=30).values():
+        try:
+            f.result(60)
+        except Exception as exc:
+            print(f"warning: could not delete topic: {exc}", file=sys.stderr)

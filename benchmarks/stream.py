@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.report import RESULTS, table, write_section
+from benchmarks.report import RESULTS, delete_topics, table, write_section
 
 SAMPLES, CHANNELS, RATE = 1000, 32, 100_000.0
 NAMES = [f"ch{i}" for i in range(CHANNELS)]
@@ -59,14 +59,6 @@ def _topic(bootstrap: str, tag: str) -> str:
     return name
 
 
-def _drop(bootstrap: str, topic: str) -> None:
-    from confluent_kafka.admin import AdminClient
-
-    admin = AdminClient({"bootstrap.servers": bootstrap})
-    for f in admin.delete_topics([topic], operation_timeout=30).values():
-        f.result(60)
-
-
 # -- send ------------------------------------------------------------------------------------
 
 def send_bare(bootstrap: str, chunks: int) -> float:
@@ -88,7 +80,7 @@ def send_bare(bootstrap: str, chunks: int) -> float:
         p.poll(0)
     p.flush(120)
     rate = chunks * SAMPLES / (time.perf_counter() - t0)
-    _drop(bootstrap, topic)
+    delete_topics(bootstrap, [topic])
     return rate
 
 
@@ -106,7 +98,7 @@ def send_stream(bootstrap: str, chunks: int, block: int = SAMPLES) -> float:
         out.send(blocks[i % len(blocks)])
     out.close(120)
     rate = chunks * SAMPLES / (time.perf_counter() - t0)
-    _drop(bootstrap, topic)
+    delete_topics(bootstrap, [topic])
     return rate
 
 
@@ -188,7 +180,7 @@ def measure(bootstrap: str, chunks: int, repeats: int) -> dict[str, Any]:
                 rates[name].append(cases[name]())
                 print(f"  repeat {r + 1}: {name}: {rates[name][-1]:,.0f} samples/s", flush=True)
         load.append(os.getloadavg())
-    _drop(bootstrap, topic)
+    delete_topics(bootstrap, [topic])
     med = {k: statistics.median(v) for k, v in rates.items()}
     return {"chunks": chunks, "repeats": repeats, "chunk_bytes": SAMPLES * CHANNELS * 4,
             "samples_per_s": rates, "median": med, "loadavg": load}
