@@ -46,6 +46,7 @@ from pvaflow.kafka.positions import Positions, ReplaySpec
 from pvaflow.kafka.produce import Sender
 from pvaflow.kafka.topics import Replication, ensure_topic
 from pvaflow.metrics import Rate, consumer_lag
+from pvaflow.options import COMMIT_INTERVAL
 from pvaflow.plugin import Processor, object_id, outputs
 from pvaflow.pva_channels import COLLECTOR_STATUS_FIELDS, PvaChannels
 
@@ -82,7 +83,7 @@ class CollectorConfig:
     state_topic: str = STATE_TOPIC
     cache_size: int = 1000
     max_delay: float = 5.0
-    commit_interval: float = 0.2
+    commit_interval: float = COMMIT_INTERVAL
     replay: ReplaySpec | None = None  # --from-time/--to-time/--from-offset
     oid_field: str = "uniqueId"  # PvaPy's -of: reorder by this attribute instead
     oid_offset: int = 1  # PvaPy's -oo: ids step by this much

@@ -51,6 +51,7 @@ from pvaflow.kafka.positions import Positions, ReplaySpec
 from pvaflow.kafka.produce import Sender
 from pvaflow.kafka.topics import Replication, ensure_topic
 from pvaflow.metrics import consumer_lag
+from pvaflow.options import COMMIT_INTERVAL
 from pvaflow.plugin import Processor, PvaPyAdapter, object_id, outputs, takes_batches
 from pvaflow.pva_channels import PvaChannels
 
@@ -85,7 +86,7 @@ class RunnerConfig:
     exactly_once: bool = False
     max_queue_size: int = 1000
     batch_size: int = 32
-    commit_interval: float = 0.2
+    commit_interval: float = COMMIT_INTERVAL
     # How long start() waits for the bridge to create the input topic (0: until stopped): the
     # run's --runtime, so a consumer started before its bridge neither gives up early nor
     # outlives the time it was given.
