@@ -57,7 +57,13 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.bridge import _default_sigint, _pid_listening, free_tcp_port, pva_env
+from benchmarks.bridge import (
+    SHUTDOWN_DELAY,
+    _default_sigint,
+    _pid_listening,
+    free_tcp_port,
+    pva_env,
+)
 from benchmarks.report import (
     IMG,
     RESULTS,
@@ -74,7 +80,6 @@ from pvaflow.kafka.settings import ENV_PREFIX, parse_override
 VENV_BIN = Path(sys.executable).parent
 PY = sys.executable
 PARTITIONS = 2
-SHUTDOWN_DELAY = 5  # s the sim server stays up after publishing (see Trial.sim_cmd)
 UDP = "pvapy.hpc.userDataProcessor.UserDataProcessor"
 
 # source: "gen" = the sim server's random frames, "h5c" = the realistic HDF5 file's bslz4
@@ -157,9 +162,6 @@ class Trial:
 
     def sim_cmd(self, channel: str) -> list[str]:
         c = self.cfg
-        # The server stays up SHUTDOWN_DELAY s after publishing, as an IOC does: with -shd 0 it
-        # exited with frames still queued for a client a fraction of a second behind, and the
-        # trial counted them lost (a 4000 fps trial: 1,145 of 31,989, none missing in between).
         cmd = [str(VENV_BIN / "pvapy-ad-sim-server"), "-cn", channel, "-fps", str(self.rate),
                "-rt", str(self.seconds), "-std", str(self.delay), "-shd", str(SHUTDOWN_DELAY),
                "-rp", "0", "-dc"]

@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.bridge import free_tcp_port, pva_env
+from benchmarks.bridge import SHUTDOWN_DELAY, free_tcp_port, pva_env
 from benchmarks.pipeline import PY, VENV_BIN, _ready, last_int, spawn, stop, wait_until
 from benchmarks.report import (
     IMG,
@@ -106,8 +106,8 @@ def soak(minutes: float, rate: float, nx: int, workdir: Path, bootstrap: str,
         port = str(free_tcp_port())
         procs["sim"] = spawn(
             [str(VENV_BIN / "pvapy-ad-sim-server"), "-cn", channel, "-fps", str(rate),
-             "-rt", str(seconds), "-std", "6", "-shd", "0", "-rp", "0", "-dc", "-nx", str(nx),
-             "-ny", str(nx), "-dt", "uint8", "-nf", "20"], log("sim"),
+             "-rt", str(seconds), "-std", "6", "-shd", str(SHUTDOWN_DELAY), "-rp", "0",
+             "-dc", "-nx", str(nx), "-ny", str(nx), "-dt", "uint8", "-nf", "20"], log("sim"),
             {**env, "EPICS_PVAS_SERVER_PORT": port, "EPICS_PVA_SERVER_PORT": port})
         watched = {k: p.pid for k, p in procs.items() if k != "consumers"}
         if broker_pid:
