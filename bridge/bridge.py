@@ -140,7 +140,8 @@ class Bridge:
         producer = ctx.kafka.producer(conf)  # first: a refused -X creates no topics
         limits = self._prepare_topics(ctx)
         # the delivery thread polls the producer: waiting for room only has to sleep
-        sender = ctx.sender(producer, on_full="drop", max_wait=c.max_wait, serve=time.sleep)
+        sender = ctx.sender(producer, on_full="drop", max_wait=c.max_wait, serve=time.sleep,
+                            conf=conf)
         self.producer = FrameProducer(
             sender, limits=limits,
             client_limit=int(conf.get("message.max.bytes", 1_000_000)))

@@ -21,7 +21,7 @@ from confluent_kafka.admin import AdminClient, ConfigResource, ResourceType
 
 from pvaflow.codec import Headers
 from pvaflow.errors import PvaflowError
-from pvaflow.kafka.produce import Sender
+from pvaflow.kafka.produce import Sender, nbytes
 
 from .stats import ChannelStats
 
@@ -50,7 +50,6 @@ class FrameProducer:
         client_limit: int = 1_000_000,
     ) -> None:
         self._sender = sender
-        self._producer = sender.producer
         self._client_limit = client_limit
         self._limits = dict(limits or {})
         self._seq: dict[tuple[str, int], int] = {}
@@ -63,7 +62,7 @@ class FrameProducer:
         self._poller.start()
 
     def __len__(self) -> int:
-        return len(self._producer)
+        return len(self._sender.producer)
 
     def limit(self, topic: str) -> int:
         return min(self._limits.get(topic, self._client_limit), self._client_limit)
@@ -73,7 +72,7 @@ class FrameProducer:
     ) -> bool:
         """Produce one encoded frame; ``True`` if accepted, else it was counted as dropped."""
         key, value, headers = encoded
-        size = _nbytes(value)
+        size = nbytes(value)
         overhead = len(key) + _headers_size(headers) + RECORD_OVERHEAD
         if size + overhead > self.limit(topic):
             self._too_large(topic, unique_id, size + overhead, stats)
@@ -132,9 +131,9 @@ class FrameProducer:
     def flush(self, timeout: float) -> int:
         """Wait for outstanding deliveries; returns how many are still undelivered."""
         deadline = time.monotonic() + timeout
-        while len(self._producer) and time.monotonic() < deadline:
-            self._producer.flush(min(0.5, max(deadline - time.monotonic(), 0)))
-        return len(self._producer)
+        while len(self._sender.producer) and time.monotonic() < deadline:
+            self._sender.producer.flush(min(0.5, max(deadline - time.monotonic(), 0)))
+        return len(self._sender.producer)
 
     def close(self) -> None:
         self._closing.set()
@@ -142,7 +141,7 @@ class FrameProducer:
 
     def _poll(self) -> None:
         while not self._closing.is_set():
-            self._producer.poll(0.1)
+            self._sender.producer.poll(0.1)
 
 
 class _Delivery:
@@ -173,11 +172,6 @@ def _headers_size(headers: Headers) -> int:
     for k, v in headers:
         n += len(k) + len(v or b"")
     return n
-
-
-def _nbytes(value: Any) -> int:
-    n = getattr(value, "nbytes", None)
-    return int(n) if n is not None else len(value)
 
 
 def topic_limits(

@@ -129,7 +129,6 @@ class Runner:
         self._failed: BaseException | None = None
         self._ctx: Context | None = None
         self._consumer: Consumer | None = None
-        self._producer: Producer | None = None
         self._sender: Sender | None = None
         self._joined = False
         self._replay = Positions(cfg.replay) if cfg.replay is not None else None
@@ -155,8 +154,8 @@ class Runner:
 
     @property
     def producer(self) -> Producer:
-        assert self._producer is not None, "start() first"
-        return self._producer
+        assert self._sender is not None, "start() first"
+        return self._sender.producer  # the sender may have replaced it (batch size)
 
     @property
     def ctx(self) -> Context:
@@ -199,14 +198,14 @@ class Runner:
             # when the bridge finally creates the topic.
             self._consumer = ctx.kafka.consumer(cfg.group, self._consumer_conf(ctx))
             producer_conf = self._producer_conf(ctx)
-            self._producer = ctx.kafka.producer(producer_conf)
+            producer = ctx.kafka.producer(producer_conf)
+            self._sender = ctx.sender(producer, on_full="fail", conf=producer_conf)
             if cfg.dlq_topic:
                 limits = [int(producer_conf.get("message.max.bytes", 1_000_000)),
                           topic_limit(admin, cfg.dlq_topic) or 1 << 62]
                 self._dlq_limit = min(limits)
-            self._sender = ctx.sender(self._producer, on_full="fail")
             if cfg.exactly_once:
-                self._producer.init_transactions(30)
+                producer.init_transactions(30)
             inputs = self._wait_for_input(admin)
             if ctx.stop.is_set():
                 self._release()  # stopped while waiting: nothing was consumed

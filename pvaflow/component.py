@@ -57,10 +57,13 @@ class Context:
     commands: CommandBus = field(default_factory=CommandBus)
 
     def sender(self, producer: Producer, *, on_full: OnFull, max_wait: float | None = None,
-               serve: Callable[[float], Any] | None = None) -> Sender:
-        """The produce-with-backpressure policy, bound to this run's stop and health."""
+               serve: Callable[[float], Any] | None = None,
+               conf: Mapping[str, Any] | None = None) -> Sender:
+        """The produce-with-backpressure policy, bound to this run's stop and health; given
+        the producer's ``conf``, its batch size follows the first record's size."""
         return Sender(producer, stop=self.stop, max_wait=max_wait, on_full=on_full,
-                      health=self.kafka.health, serve=serve)
+                      health=self.kafka.health, serve=serve,
+                      resize=None if conf is None else self.kafka.resizer(conf))
 
 
 class Component(Protocol):

@@ -203,12 +203,12 @@ class OutputStream:
         ensure_topic(topic, partitions, admin=self._kafka.admin(), strict=False)
         self.topic = topic
         extra = {} if buffer_kbytes is None else {"queue_buffering_max_kbytes": buffer_kbytes}
-        self._producer = self._kafka.producer(self._kafka.producer_config(**extra))
+        conf = self._kafka.producer_config(**extra)
         # A program sending arrays waits for room as long as the cluster is there; the
         # health check ends the wait with KafkaUnavailable once it has been gone too long.
         self._stop = threading.Event()
-        self._sender = Sender(self._producer, stop=self._stop, on_full="fail",
-                              health=self._kafka.health)
+        self._sender = Sender(self._kafka.producer(conf), stop=self._stop, on_full="fail",
+                              health=self._kafka.health, resize=self._kafka.resizer(conf))
         self.kind = kind
         self.chunk_size = chunk_size
         self._filters = list(filters)
@@ -265,7 +265,7 @@ class OutputStream:
             data = np.concatenate(self._pending) if len(self._pending) > 1 else self._pending[0]
             self._pending, self._pending_len = [], 0
             self._emit(data, None, self._take_attrs())
-        left = self._producer.flush(timeout)
+        left = self._sender.producer.flush(timeout)
         if left:
             raise KafkaFailure(f"{left} frames not delivered to {self.topic} in {timeout} s")
 
@@ -332,7 +332,7 @@ class OutputStream:
         )
         key, value, headers = encode(frame)
         self._sender.send(self.topic, value, key, headers=headers)
-        self._producer.poll(0)
+        self._sender.producer.poll(0)
         self.sent += 1
         self.samples += 1 if self.kind == "video" else len(data)
 

@@ -33,7 +33,9 @@ from confluent_kafka.admin import AdminClient
 from ..errors import ConfigError, KafkaFailure, KafkaUnavailable
 from .settings import (
     ENV_BOOTSTRAP,
+    PRODUCER_DEFAULTS,
     admin_config,
+    batch_size_for,
     bootstrap,
     consumer_config,
     env_overrides,
@@ -204,6 +206,30 @@ class Kafka:
     def producer(self, conf: Mapping[str, Any] | None = None, **extra: Any) -> Producer:
         """A producer from ``conf`` (default: :meth:`producer_config` with ``extra``)."""
         return self._make(Producer, conf if conf is not None else self.producer_config(**extra))
+
+    def resizer(self, conf: Mapping[str, Any]) -> Callable[[int], Producer | None] | None:
+        """How a producer made from ``conf`` is replaced, before its first record, by one whose
+        ``batch.size`` suits that record's size (:func:`~pvaflow.kafka.settings.batch_size_for`);
+        the size of a stage's frames is known only when the first one comes.
+
+        None when the size is the user's choice (``-X``, ``PVAFLOW_KAFKA_*``, a profile or the
+        component's own setting) or the producer is transactional (its transactions begin
+        before any record). The returned callable gives None when the batch size stays.
+        """
+        if "transactional.id" in conf or conf.get("batch.size") != PRODUCER_DEFAULTS["batch.size"]:
+            return None
+        if "batch.size" in {**env_overrides(), **dict(self.overrides)}:
+            return None
+
+        def resize(record_bytes: int) -> Producer | None:
+            size = batch_size_for(record_bytes)
+            if size == PRODUCER_DEFAULTS["batch.size"]:
+                return None
+            log.info("records of %d bytes: producer batch.size %d (about two to a request)",
+                     record_bytes, size)
+            return self.producer({**conf, "batch.size": size})
+
+        return resize
 
     def consumer(self, group: str, conf: Mapping[str, Any] | None = None,
                  **extra: Any) -> Consumer:

@@ -14,6 +14,10 @@ stage, not on the code path:
 Every wait honours ``stop`` (a stopping component must not spin on a dead broker) and asks
 ``health`` whether the cluster has been lost for good, so a full buffer never hides an outage.
 
+A sender given ``resize`` (:meth:`~pvaflow.kafka.client.Kafka.resizer`) may replace its
+producer once, before the first record, with one whose batches suit that record's size:
+callers reach the producer through :attr:`Sender.producer`, never a copy of their own.
+
 """
 
 from __future__ import annotations
@@ -57,14 +61,17 @@ class Sender:
         on_full: OnFull = "fail",
         health: Health | None = None,
         serve: Callable[[float], Any] | None = None,
+        resize: Callable[[int], Producer | None] | None = None,
     ) -> None:
         self.producer = producer
         self._stop = stop
         self._max_wait = max_wait
         self._on_full = on_full
         self._health = health
-        # How to wait for delivery reports: poll this producer, unless another thread does.
-        self._serve = serve if serve is not None else producer.poll
+        # How to wait for delivery reports: poll the producer, unless another thread does.
+        self._serve = serve
+        self._resize = resize
+        self._resize_lock = threading.Lock()
         self._saturated = False
         self.episode_drops = 0
 
@@ -78,6 +85,8 @@ class Sender:
             kwargs["headers"] = headers
         if on_delivery is not None:
             kwargs["on_delivery"] = on_delivery
+        if self._resize is not None:
+            self._first_record(value)
         deadline: float | None = None
         while True:
             try:
@@ -105,7 +114,20 @@ class Sender:
                 log.warning("producer buffer full for %.1f s (%d records queued; Kafka "
                             "unreachable or too slow)", self._max_wait, len(self.producer))
                 return self._give_up(topic)
-            self._serve(POLL)
+            if self._serve is not None:
+                self._serve(POLL)
+            else:
+                self.producer.poll(POLL)
+
+    def _first_record(self, value: Any) -> None:
+        with self._resize_lock:
+            resize, self._resize = self._resize, None
+            # a producer that holds records already keeps them, and its batch size
+            if resize is None or value is None or len(self.producer):
+                return
+            replacement = resize(nbytes(value))
+            if replacement is not None:
+                self.producer = replacement
 
     def _give_up(self, topic: str, stopping: bool = False) -> bool:
         if self._on_full == "fail":
@@ -113,3 +135,9 @@ class Sender:
             raise BufferFull(f"{why} waiting for room in the producer buffer for {topic}")
         self.episode_drops += 1
         return False
+
+
+def nbytes(value: Any) -> int:
+    """The size of a record's value: bytes, or any buffer with ``nbytes`` (numpy, memoryview)."""
+    n = getattr(value, "nbytes", None)
+    return int(n) if n is not None else len(value)
