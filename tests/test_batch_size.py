@@ -16,7 +16,7 @@ from confluent_kafka import Consumer
 
 from pvaflow.kafka.client import Kafka
 from pvaflow.kafka.produce import Sender
-from pvaflow.kafka.settings import LARGE_RECORD, MiB, PRODUCER_DEFAULTS, batch_size_for
+from pvaflow.kafka.settings import LARGE_RECORD, PRODUCER_DEFAULTS, MiB, batch_size_for
 
 DEFAULT = PRODUCER_DEFAULTS["batch.size"]
 
