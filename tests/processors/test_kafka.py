@@ -213,6 +213,25 @@ def test_codec_encoded_output_keeps_key_as_unique_id(
         np.testing.assert_array_equal(_decode(r), f.array)
 
 
+def test_large_outputs_get_a_producer_with_smaller_batches(
+        kafka_bootstrap: str, make_topic: Callable[..., str],
+        consumer: Callable[..., Proc]) -> None:
+    """Frames of 400 KB: the consumer's producer takes about two to a request (the batch size
+    follows the first output's size) and every output is still bit-identical, in order."""
+    src, out = make_topic(), make_topic(suffix="out")
+    frames = make_frames(12, (640, 640))
+    feed(kafka_bootstrap, src, frames)
+    c = consumer("--input-topic", src, "--output-topic", out, "--processor", "passthrough",
+                 "--runtime", "60")
+    got = read_exactly(kafka_bootstrap, out, 12)
+    wait_for(lambda: "producer batch.size 1048576" in c.text(), 30,
+             "the consumer to log its batch size")
+    c.stop()
+    assert [r.uid for r in got] == [f.unique_id for f in frames]
+    for f, r in zip(frames, got, strict=True):
+        np.testing.assert_array_equal(_decode(r), f.array)
+
+
 def test_prometheus_metrics_count_frames_and_latency(
         kafka_bootstrap: str, make_topic: Callable[..., str],
         consumer: Callable[..., Proc]) -> None:
