@@ -43,6 +43,8 @@ def test_the_users_batch_size_is_kept(monkeypatch: pytest.MonkeyPatch) -> None:
     assert Kafka("127.0.0.1:1").resizer(conf) is not None
     chosen = Kafka("127.0.0.1:1", [("batch.size", str(DEFAULT))])
     assert chosen.resizer(chosen.producer_config()) is None
+    as_int = Kafka("127.0.0.1:1", {"batch.size": DEFAULT})  # equal to the default, still chosen
+    assert as_int.resizer(as_int.producer_config()) is None
     monkeypatch.setenv("PVAFLOW_KAFKA_BATCH_SIZE", str(DEFAULT))
     from_env = Kafka("127.0.0.1:1")
     assert from_env.resizer(from_env.producer_config()) is None

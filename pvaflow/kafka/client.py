@@ -216,9 +216,10 @@ class Kafka:
         component's own setting) or the producer is transactional (its transactions begin
         before any record). The returned callable gives None when the batch size stays.
         """
-        if "transactional.id" in conf or conf.get("batch.size") != PRODUCER_DEFAULTS["batch.size"]:
-            return None
-        if "batch.size" in {**env_overrides(), **dict(self.overrides)}:
+        # the user's sources count even where they repeat the default's value
+        chosen = "batch.size" in {**env_overrides(), **dict(self.overrides)}
+        if chosen or "transactional.id" in conf \
+                or conf.get("batch.size") != PRODUCER_DEFAULTS["batch.size"]:
             return None
 
         def resize(record_bytes: int) -> Producer | None:
